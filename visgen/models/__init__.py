@@ -1,0 +1,51 @@
+"""Networks behind one functional boundary.
+
+  model = get_model('dit', rngs=nnx.Rngs(0), patch=2, width=256, ...)
+  graphdef, params = split_model(model)
+  apply = make_apply(graphdef)
+
+Every model takes `(x_t, t, cond)` with t in [0, 1] of shape (B,) and `cond`
+a dict; `model.cond_keys` names the entries it consumes. Class tables have
+num_classes + 1 rows, the last being the classifier-free null class.
+"""
+
+import inspect
+
+from flax import nnx
+
+from visgen.models.dit import DiT
+from visgen.models.functional import logical_axes
+from visgen.models.functional import logical_to_spec
+from visgen.models.functional import make_apply
+from visgen.models.functional import param_shardings
+from visgen.models.functional import split_model
+from visgen.models.mlp import MLPDenoiser
+from visgen.registry import Registry
+
+MODELS = Registry('model')
+MODELS.register('mlp')(MLPDenoiser)
+MODELS.register('dit')(DiT)
+
+try:  # The U-Net lands separately; the registry works without it.
+  from visgen.models.unet import UNet
+  MODELS.register('unet')(UNet)
+except ImportError:  # pragma: no cover
+  UNet = None
+
+
+def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  """Builds a registered model; unknown names or kwargs raise ValueError."""
+  cls = MODELS.get(name)
+  params = inspect.signature(cls.__init__).parameters
+  valid = sorted(k for k in params if k not in ('self', 'rngs'))
+  bad = sorted(set(kwargs) - set(valid))
+  if bad:
+    raise ValueError(f'Model {name!r} got unknown arguments {bad}. Valid '
+                     f'arguments: {", ".join(valid)}.')
+  return cls(rngs=rngs, **kwargs)
+
+
+__all__ = [
+    'DiT', 'MLPDenoiser', 'UNet', 'MODELS', 'get_model', 'split_model',
+    'make_apply', 'logical_axes', 'logical_to_spec', 'param_shardings',
+]

@@ -1,0 +1,182 @@
+"""DiT: a diffusion transformer with adaLN-Zero (Peebles & Xie, 2023).
+
+Tokens are non-overlapping p x p patches with a fixed 2-D sinusoidal position
+embedding; the timestep and class embeddings are summed into one conditioning
+vector c that modulates every block through adaptive LayerNorm. The
+modulation layers and the final projection start at zero, so every block is
+the identity and the network outputs exactly 0 at initialisation.
+
+Precision: parameters are float32; `dtype=jnp.bfloat16` runs the matmuls in
+bf16 with float32 accumulation while LayerNorm, softmax and the residual
+stream stay float32. `attn_fp32=True` keeps the attention matmuls in float32
+too (the guard against bf16 attention overflow).
+"""
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from visgen.models import attention
+from visgen.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTVariant:
+  width: int
+  depth: int
+  heads: int
+
+
+# Widths, depths and heads from the DiT paper (Table 1).
+VARIANTS = {
+    'S': DiTVariant(384, 12, 6),
+    'B': DiTVariant(768, 12, 12),
+    'L': DiTVariant(1024, 24, 16),
+    'XL': DiTVariant(1152, 28, 16),
+}
+
+
+def pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed sin-cos 2-D position embedding, shape (grid_h * grid_w, dim).
+
+  Half the channels encode the row, half the column (each [sin, cos] at
+  geometric frequencies), as in MAE / DiT.
+  """
+  if dim % 4:
+    raise ValueError(f'DiT width must be a multiple of 4, got {dim}.')
+
+  def one_axis(pos, d):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  gy, gx = np.meshgrid(np.arange(grid_h, dtype=np.float64),
+                       np.arange(grid_w, dtype=np.float64), indexing='ij')
+  emb = np.concatenate([one_axis(gx, dim // 2), one_axis(gy, dim // 2)], 1)
+  return emb.astype(np.float32)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class DiTBlock(nnx.Module):
+  """Pre-LN transformer block whose LayerNorms are modulated by c."""
+
+  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs,
+               mlp_ratio: float = 4.0, dtype: Any = jnp.float32,
+               attn_fp32: bool = False, attn_impl: str = 'xla'):
+    hidden = int(width * mlp_ratio)
+    self.attn = attention.SelfAttention(
+        width, heads, rngs=rngs, dtype=dtype, attn_fp32=attn_fp32,
+        impl=attn_impl)
+    self.fc1 = layers.Dense(width, hidden, rngs=rngs, axes=('embed', 'mlp'),
+                            dtype=dtype)
+    self.fc2 = layers.Dense(hidden, width, rngs=rngs, axes=('mlp', 'embed'),
+                            dtype=dtype)
+    self.ada = layers.Dense(width, 6 * width, rngs=rngs,
+                            axes=(None, 'embed'), kernel_init=layers.zeros,
+                            dtype=dtype)
+
+  def __call__(self, x: jax.Array, c: jax.Array, *,
+               return_attn: bool = False):
+    mods = jnp.split(self.ada(jax.nn.silu(c)), 6, axis=-1)
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+    h = modulate(layers.layer_norm(x), shift_a, scale_a)
+    a, probs = self.attn(h, return_attn=return_attn)
+    x = x + gate_a[:, None, :] * a
+    h = modulate(layers.layer_norm(x), shift_m, scale_m)
+    h = self.fc2(jax.nn.gelu(self.fc1(h), approximate=True))
+    x = x + gate_m[:, None, :] * h
+    return x, probs
+
+
+class DiT(nnx.Module):
+  """(x_t (B, H, W, C), t (B,), cond) -> (B, H, W, C or 2C)."""
+
+  def __init__(self, *, rngs: nnx.Rngs, input_size: int = 32,
+               in_channels: int = 3, patch: int = 2,
+               variant: str | None = None, width: int = 384,
+               depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
+               num_classes: int = 0, learn_sigma: bool = False,
+               t_scale: float = 1000.0, dtype: Any = jnp.float32,
+               attn_fp32: bool = False, attn_impl: str = 'xla',
+               remat: bool = False):
+    if variant is not None:
+      if variant not in VARIANTS:
+        raise ValueError(f'Unknown DiT variant {variant!r}. Valid choices: '
+                         f'{", ".join(VARIANTS)} (or variant=None with '
+                         'width/depth/heads).')
+      v = VARIANTS[variant]
+      width, depth, heads = v.width, v.depth, v.heads
+    if patch not in (1, 2, 4, 8) or input_size % patch:
+      raise ValueError(f'patch must be 1, 2, 4 or 8 and divide input_size; '
+                       f'got patch={patch}, input_size={input_size}.')
+    if width % heads:
+      raise ValueError(f'width {width} is not divisible by heads {heads}.')
+    self.input_size = input_size
+    self.in_channels = in_channels
+    self.out_channels = 2 * in_channels if learn_sigma else in_channels
+    self.patch = patch
+    self.width = width
+    self.num_classes = num_classes
+    self.remat = remat
+    self.cond_keys = ('label',) if num_classes > 0 else ()
+    self.dtype = dtype
+    self.x_embed = layers.Dense(patch * patch * in_channels, width, rngs=rngs,
+                                axes=('conv_in', 'embed'), dtype=dtype)
+    self.t_embed = layers.TimestepEmbedder(width, rngs=rngs, t_scale=t_scale,
+                                           dtype=dtype)
+    self.y_embed = (layers.LabelEmbedder(num_classes, width, rngs=rngs)
+                    if num_classes > 0 else None)
+    self.blocks = nnx.List([
+        DiTBlock(width, heads, rngs=rngs, mlp_ratio=mlp_ratio, dtype=dtype,
+                 attn_fp32=attn_fp32, attn_impl=attn_impl)
+        for _ in range(depth)])
+    self.final_ada = layers.Dense(width, 2 * width, rngs=rngs,
+                                  axes=(None, 'embed'),
+                                  kernel_init=layers.zeros, dtype=dtype)
+    self.final = layers.Dense(width, patch * patch * self.out_channels,
+                              rngs=rngs, axes=('embed', 'conv_out'),
+                              kernel_init=layers.zeros, dtype=dtype)
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
+               *, train: bool = False, rngs: nnx.Rngs | None = None,
+               return_attn: bool = False):
+    """Returns the prediction, plus a list of per-block attention maps
+    (B, heads, N, N) when `return_attn` is set."""
+    del train, rngs  # DiT uses no dropout (label dropout is the task's).
+    b, h, w, ch = x_t.shape
+    p, s = self.patch, self.input_size
+    if (h, w, ch) != (s, s, self.in_channels):
+      raise ValueError(f'DiT expects x_t of shape (B, {s}, {s}, '
+                       f'{self.in_channels}), got {x_t.shape}.')
+    cond = layers.check_cond(cond, self.cond_keys, 'DiT')
+    gh, gw = h // p, w // p
+    # Patchify: (B, gh, p, gw, p, C) -> (B, N, p*p*C), channel-last patches.
+    x = x_t.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
+    x = self.x_embed(x.reshape(b, gh * gw, p * p * ch))
+    x = x + jnp.asarray(pos_embed_2d(self.width, gh, gw))
+    c = self.t_embed(jnp.broadcast_to(t, (b,)))
+    if self.y_embed is not None:
+      c = c + self.y_embed(cond['label'])
+
+    def run_block(block, x, c):
+      return block(x, c, return_attn=return_attn)
+
+    if self.remat:
+      run_block = nnx.remat(run_block)
+    maps = []
+    for block in self.blocks:
+      x, probs = run_block(block, x, c)
+      maps.append(probs)
+    shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)), 2, axis=-1)
+    x = self.final(modulate(layers.layer_norm(x), shift, scale))
+    oc = self.out_channels
+    x = x.reshape(b, gh, gw, p, p, oc).transpose(0, 1, 3, 2, 4, 5)
+    out = x.reshape(b, h, w, oc).astype(x_t.dtype)
+    return (out, maps) if return_attn else out

@@ -1,0 +1,127 @@
+"""Shared building blocks for the visgen networks (Flax NNX).
+
+All parameters are created in float32 and carry logical axis names as
+`out_sharding` metadata (with eager sharding off, so no mesh is needed at
+construction); `visgen.models.functional.logical_axes` reads them back.
+
+Matmuls take a compute dtype: with bfloat16 the operands are cast to bf16 and
+accumulated in float32 (`preferred_element_type`), because on the target CPUs
+bf16 x bf16 -> bf16 is slower than fp32 while bf16 with fp32 accumulation runs
+at about twice the fp32 rate (environment.md §4).
+"""
+
+import math
+from typing import Any, Callable
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axes = tuple[str | None, ...]
+Init = Callable[..., jax.Array]
+
+xavier_uniform = jax.nn.initializers.xavier_uniform()
+zeros = jax.nn.initializers.zeros
+
+
+def make_param(key: jax.Array, init: Init, shape: tuple[int, ...],
+               axes: Axes) -> nnx.Param:
+  """An fp32 parameter annotated with logical axis names."""
+  if len(axes) != len(shape):
+    raise ValueError(f'axes {axes} do not match shape {shape}.')
+  return nnx.Param(init(key, shape, jnp.float32), out_sharding=tuple(axes),
+                   eager_sharding=False)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+  """x @ w over the last axis of x in `dtype`, accumulated in float32."""
+  return jax.lax.dot_general(
+      x.astype(dtype), w.astype(dtype),
+      (((x.ndim - 1,), (0,)), ((), ())),
+      preferred_element_type=jnp.float32)
+
+
+class Dense(nnx.Module):
+  """A linear layer whose output is float32 whatever the compute dtype."""
+
+  def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs,
+               axes: Axes = (None, None), use_bias: bool = True,
+               kernel_init: Init = xavier_uniform, dtype: Any = jnp.float32):
+    self.kernel = make_param(rngs.params(), kernel_init, (din, dout), axes)
+    self.bias = (make_param(rngs.params(), zeros, (dout,), axes[1:])
+                 if use_bias else None)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = matmul(x, self.kernel[...], self.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y
+
+
+def layer_norm(x: jax.Array, *, eps: float = 1e-6) -> jax.Array:
+  """LayerNorm without affine parameters, statistics in float32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  # E[x^2] - mean^2 needs one fused pass over x instead of two.
+  var = jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean)
+  return (x - mean) * jax.lax.rsqrt(jnp.maximum(var, 0.0) + eps)
+
+
+def timestep_embedding(t_B: jax.Array, *, dim: int,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding [cos, sin] of (scaled) times, shape (B, dim)."""
+  half = dim // 2
+  freqs = np.exp(-math.log(max_period) * np.arange(half) / half)
+  args = t_B.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nnx.Module):
+  """t in [0, 1] -> t * t_scale -> sinusoid -> MLP (as in DiT / ADM)."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, freq_dim: int = 256,
+               t_scale: float = 1000.0, dtype: Any = jnp.float32):
+    init = jax.nn.initializers.normal(0.02)
+    self.fc1 = Dense(freq_dim, dim, rngs=rngs, axes=(None, 'embed'),
+                     kernel_init=init, dtype=dtype)
+    self.fc2 = Dense(dim, dim, rngs=rngs, axes=('embed', None),
+                     kernel_init=init, dtype=dtype)
+    self.freq_dim = freq_dim
+    self.t_scale = t_scale
+
+  def __call__(self, t_B: jax.Array) -> jax.Array:
+    emb = timestep_embedding(t_B * self.t_scale, dim=self.freq_dim)
+    return self.fc2(jax.nn.silu(self.fc1(emb)))
+
+
+class LabelEmbedder(nnx.Module):
+  """Class table with num_classes + 1 rows; row num_classes is the null class.
+
+  Classifier-free label dropout is the training task's job: it replaces a
+  sample's label by `num_classes` before the model sees it.
+  """
+
+  def __init__(self, num_classes: int, dim: int, *, rngs: nnx.Rngs):
+    self.table = make_param(rngs.params(), jax.nn.initializers.normal(0.02),
+                            (num_classes + 1, dim), ('vocab', 'embed'))
+    self.num_classes = num_classes
+
+  def __call__(self, label_B: jax.Array) -> jax.Array:
+    return jnp.take(self.table[...], label_B.astype(jnp.int32), axis=0)
+
+
+def check_cond(cond: dict | None, keys: tuple[str, ...], model: str) -> dict:
+  """Returns cond, raising a clear error when a consumed key is missing."""
+  cond = {} if cond is None else cond
+  missing = [k for k in keys if k not in cond]
+  if missing:
+    raise ValueError(
+        f'{model} consumes cond keys {list(keys)} but {missing} are missing '
+        f'(got {sorted(cond)}). Pass them, or build the model with '
+        'num_classes=0 for an unconditional model.')
+  return cond
