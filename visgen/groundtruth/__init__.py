@@ -1,0 +1,6 @@
+"""Closed-form ground truth (Gaussian mixtures) for testing the core."""
+
+from visgen.groundtruth.gmm import GaussianMixture
+from visgen.groundtruth.gmm import make_mixture
+
+__all__ = ['GaussianMixture', 'make_mixture']
