@@ -1,0 +1,163 @@
+"""Orbax checkpoints: periodic and preemption saves, retention, resume.
+
+One `CheckpointManager` under `WORKDIR/checkpoints` with three items per
+step: 'state' (the sharded train state), 'data' (the grain iterator position,
+one file per process) and 'meta' (a fingerprint of the model and config).
+
+* Saves happen every `every` steps, and on SIGTERM (preemption): the loop
+  asks `reached_preemption(step)`, saves, waits, and exits 0.
+* Retention: the latest `keep_last` checkpoints plus every `keep_every`-th
+  step (Orbax preservation policies).
+* Orbax writes each step into a temporary directory and renames it on
+  commit, so a crash mid-save leaves the previous step as the latest one.
+* A workdir whose checkpoints carry a different fingerprint (another model or
+  config) is refused with a message listing the differences; nothing is
+  written into it.
+"""
+
+import json
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+from etils import epath
+from flax import nnx
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+from visgen.data import pipeline
+
+# Config entries that may change between a run and its resumption: run
+# length, logging/eval cadence, sampling settings and the device topology.
+RESUMABLE_KEYS = ('total_steps', 'log_every', 'ckpt_every', 'keep_last',
+                  'keep_every', 'sample_every', 'eval_every', 'eval',
+                  'sampler', 'sharding', 'num_samples', 'quickstart')
+
+
+def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: d}
+
+
+def fingerprint(config, abstract_params) -> dict:
+  """What must match to resume: parameter shapes/dtypes and the config."""
+  params = {
+      '/'.join(str(k) for k in path): [list(v.shape), str(v.dtype)]
+      for path, v in nnx.to_flat_state(abstract_params)
+  } if isinstance(abstract_params, nnx.State) else {
+      jax.tree_util.keystr(p): [list(v.shape), str(v.dtype)]
+      for p, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  cfg = json.loads(config.to_json_best_effort())
+  cfg = {k: v for k, v in _flatten(cfg).items()
+         if k.split('.')[0] not in RESUMABLE_KEYS}
+  return {'params': params, 'config': cfg}
+
+
+def _differences(old: dict, new: dict, limit: int = 8) -> list[str]:
+  out = []
+  for section in ('params', 'config'):
+    a, b = old.get(section, {}), new.get(section, {})
+    for k in sorted(set(a) | set(b)):
+      if a.get(k) != b.get(k):
+        out.append(f'{section} {k}: checkpoint={a.get(k, "<absent>")!r}, '
+                   f'now={b.get(k, "<absent>")!r}')
+  return out[:limit] + ([f'... and {len(out) - limit} more'] if len(out) >
+                        limit else [])
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop polls it (single-process runs)."""
+
+  def __init__(self):
+    self.event = threading.Event()
+
+  def install(self):
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+
+PREEMPTION = _PreemptionFlag()
+
+
+class Checkpointer:
+  """The one checkpoint manager of a run."""
+
+  def __init__(self, workdir: str, *, every: int, keep_last: int,
+               keep_every: int = 0, fp: dict | None = None,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = epath.Path(workdir) / 'checkpoints'
+    keep = [cm.preservation_policy.LatestN(max(keep_last, 1))]
+    if keep_every:
+      keep.append(cm.preservation_policy.EveryNSteps(keep_every))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=cm.FixedIntervalPolicy(max(every, 1)),
+        preservation_policy=cm.AnyPreservationPolicy(keep),
+        enable_async_checkpointing=async_save,
+        read_only=read_only, create=not read_only)
+    self.fp = fp
+    self.mngr = ocp.CheckpointManager(self.directory, options=options)
+    self._check_fingerprint()
+
+  def latest_step(self) -> int | None:
+    return self.mngr.latest_step()
+
+  def _check_fingerprint(self):
+    step = self.latest_step()
+    if step is None or self.fp is None:
+      return
+    old = self.mngr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    diffs = _differences(old, self.fp)
+    if diffs:
+      raise ValueError(
+          f'The checkpoints in {self.directory} (latest step {step}) belong '
+          'to a different model or config, so this run refuses to resume '
+          'from or overwrite them. Use a fresh --workdir, or restore the '
+          'original config. Differences:\n  ' + '\n  '.join(diffs))
+
+  def save(self, step: int, state: Any, data_iter=None, *,
+           force: bool = False) -> bool:
+    items = dict(state=ocp.args.StandardSave(state),
+                 meta=ocp.args.JsonSave(self.fp or {}))
+    if data_iter is not None:
+      items['data'] = pipeline.checkpoint_args(data_iter)
+    saved = self.mngr.save(step, args=ocp.args.Composite(**items),
+                           force=force)
+    if saved:
+      logging.info('Checkpoint of step %d -> %s', step, self.directory)
+    return saved
+
+  def restore(self, abstract_state: Any, data_iter=None,
+              step: int | None = None) -> tuple[Any, int] | None:
+    """Restores (state, step) directly sharded; None without checkpoints.
+
+    `data_iter`, when given, is moved to the saved position.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    if data_iter is not None:
+      items['data'] = pipeline.checkpoint_args(data_iter, restore=True)
+    out = self.mngr.restore(step, args=ocp.args.Composite(**items))
+    logging.info('Restored step %d from %s', step, self.directory)
+    return out['state'], step
+
+  def reached_preemption(self, step: int) -> bool:
+    """True once SIGTERM arrived (all processes agree in multi-host runs)."""
+    if jax.process_count() > 1:
+      return self.mngr.reached_preemption(step)
+    return PREEMPTION.event.is_set()
+
+  def wait(self):
+    self.mngr.wait_until_finished()
+
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()

@@ -1,0 +1,130 @@
+"""Config helpers: `:arg` parsing (big_vision style) and shared fragments.
+
+Configs are `ml_collections.ConfigDict`s returned by `get_config(arg)` in
+`configs/*.py`. The string after `:` in `--config=configs/X.py:arg` is parsed
+by `parse_arg`:
+
+  --config=configs/dit_imagenet.py:runlocal,variant=S/2
+  --config=configs/dit_imagenet.py:variant=B/2   # a value
+  --config=configs/dit_imagenet.py:runlocal      # a bool needs no value
+  --config=configs/dit_imagenet.py:B/2           # first key, passed unnamed
+
+Fragments (`optim`, `ema`, `mesh_dp`, ...) are plain functions composed by the
+configs, never deep inheritance chains.
+"""
+
+from typing import Any
+
+import ml_collections as mlc
+
+
+def _convert(default: Any, value: str, key: str) -> Any:
+  """Converts the string `value` to the type of `default`."""
+  if isinstance(default, bool):
+    lowered = value.lower()
+    if lowered in ('', 'true', '1', 'yes'):
+      return True
+    if lowered in ('false', '0', 'no'):
+      return False
+    raise ValueError(f'Config arg {key}={value!r} is not a bool; use '
+                     f'{key}=true or {key}=false.')
+  try:
+    if isinstance(default, int):
+      return int(value)
+    if isinstance(default, float):
+      return float(value)
+  except ValueError as e:
+    raise ValueError(f'Config arg {key}={value!r} is not a '
+                     f'{type(default).__name__}.') from e
+  return value
+
+
+def parse_arg(arg: str | None, **spec: Any) -> mlc.ConfigDict:
+  """Parses 'a=1,b=x,flag' into a ConfigDict, typed by the defaults in spec.
+
+  Args:
+    arg: the string after ':' in the --config flag (may be None or empty).
+    **spec: every accepted key with its default value; the value's type is
+      the type the string is converted to (bool, int, float or str).
+
+  Returns:
+    A ConfigDict holding all keys of `spec`, overridden by `arg`.
+
+  Raises:
+    ValueError: an unknown key (listing the valid ones) or a bad value.
+  """
+  out = mlc.ConfigDict(dict(spec))
+  if not arg:
+    return out
+  items = arg.split(',')
+  # big_vision: a lone unnamed value sets the first spec entry.
+  if len(items) == 1 and '=' not in items[0] and spec:
+    first = next(iter(spec))
+    if items[0] not in spec:
+      out[first] = _convert(spec[first], items[0], first)
+      return out
+  for item in items:
+    key, _, value = item.partition('=')
+    key = key.strip()
+    if key not in spec:
+      raise ValueError(f'Unknown config arg {key!r} in {arg!r}. Valid args: '
+                       f'{", ".join(spec)}.')
+    if '=' not in item and not isinstance(spec[key], bool):
+      raise ValueError(f'Config arg {key!r} needs a value ({key}=...).')
+    out[key] = _convert(spec[key], value.strip(), key)
+  return out
+
+
+def optim(*, lr: float, warmup_steps: int = 0, schedule: str = 'constant',
+          weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+          grad_clip: float = 1.0, accum_steps: int = 1) -> dict:
+  """AdamW fragment; see `visgen.optim.make_optimizer` for the fields."""
+  return dict(name='adamw', lr=lr, warmup_steps=warmup_steps,
+              schedule=schedule, weight_decay=weight_decay, b1=b1, b2=b2,
+              eps=1e-8, grad_clip=grad_clip, accum_steps=accum_steps,
+              end_lr_factor=0.0)
+
+
+# Logical-axis -> mesh-axis rules shared by every config. Data parallel,
+# FSDP and hybrid differ only in the mesh sizes: with fsdp=1 the parameter
+# rules shard over an axis of size 1, i.e. replicate.
+SHARDING_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('conv_out', 'fsdp'),
+    ('mlp', None),
+    ('heads', None),
+    ('qkv', None),
+)
+
+
+def mesh_and_sharding(kind: str = 'dp') -> dict:
+  """Mesh fragment: 'dp' (data parallel), 'fsdp' or 'hybrid' (2-way data)."""
+  meshes = {
+      'dp': [('data', -1), ('fsdp', 1)],
+      'fsdp': [('data', 1), ('fsdp', -1)],
+      'hybrid': [('data', 2), ('fsdp', -1)],
+  }
+  if kind not in meshes:
+    raise ValueError(f'Unknown mesh kind {kind!r}. Valid choices: '
+                     f'{", ".join(meshes)}.')
+  return dict(mesh=meshes[kind], rules=[list(r) for r in SHARDING_RULES],
+              fsdp_fallback_axis='fsdp', min_size_to_shard_mb=4.0)
+
+
+def base_config() -> mlc.ConfigDict:
+  """Fields every experiment has; configs fill in the rest."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.log_every = 50
+  c.ckpt_every = 500
+  c.keep_last = 2          # Latest checkpoints kept...
+  c.keep_every = 0         # ...plus every K-th step forever (0: none).
+  c.sample_every = 0       # PNG sample grids (0: only at the end).
+  c.eval_every = 0         # In-loop evaluators (0: only at the end).
+  c.ema_decays = (0.9999,)
+  c.ema_warmup = False     # Debiased EMA: decay min(d, (1+n)/(10+n)).
+  c.sharding = mesh_and_sharding('dp')
+  c.frozen = mlc.ConfigDict()
+  return c

@@ -1,0 +1,128 @@
+"""Run logging without TensorFlow: stdout progress, JSONL, TensorBoard, PNGs.
+
+`MetricWriter` writes every scalar record to `WORKDIR/metrics.jsonl` (one
+JSON object per line, with 'step') and to TensorBoard event files through
+tensorboardX; image grids go to `WORKDIR/samples/<name>_<step>.png` and to
+TensorBoard. Only process 0 writes. `Progress` formats the progress line
+(step, loss, steps/s, ETA).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images_NxHxWxC: np.ndarray, rows: int) -> np.ndarray:
+  """Tiles uint8 images into a (rows*H, cols*W, C) grid, row-major."""
+  n, h, w, c = images_NxHxWxC.shape
+  cols = math.ceil(n / rows)
+  pad = rows * cols - n
+  x = np.concatenate(
+      [images_NxHxWxC, np.zeros((pad, h, w, c), images_NxHxWxC.dtype)])
+  x = x.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
+  return x.reshape(rows * h, cols * w, c)
+
+
+def save_png(path: str, grid_HxWxC: np.ndarray, upscale: int = 1):
+  img = grid_HxWxC[..., 0] if grid_HxWxC.shape[-1] == 1 else grid_HxWxC
+  pil = Image.fromarray(np.asarray(img, np.uint8))
+  if upscale > 1:
+    pil = pil.resize((pil.width * upscale, pil.height * upscale),
+                     Image.Resampling.NEAREST)
+  pil.save(path)
+
+
+class MetricWriter:
+  """JSONL + TensorBoard writer; a no-op on processes other than 0."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.workdir = workdir
+    self.active = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+
+  def write_scalars(self, step: int, scalars: dict[str, Any]):
+    if not self.active:
+      return
+    record = {'step': int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def write_image(self, step: int, name: str, grid_HxWxC: np.ndarray,
+                  path: str | None = None, upscale: int = 4) -> str | None:
+    """Saves a uint8 grid as PNG (default WORKDIR/samples/name_step.png)."""
+    if not self.active:
+      return None
+    if path is None:
+      os.makedirs(os.path.join(self.workdir, 'samples'), exist_ok=True)
+      path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.png')
+    save_png(path, grid_HxWxC, upscale)
+    if self._tb is not None:
+      self._tb.add_image(name, np.asarray(grid_HxWxC), int(step),
+                         dataformats='HWC')
+    return path
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt_time(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Tracks steps/s over the last logging interval and formats the line."""
+
+  def __init__(self, first_step: int, total_steps: int):
+    self.total = total_steps
+    self._last_step, self._last_time = first_step, time.perf_counter()
+
+  def line(self, step: int, metrics: dict[str, float]) -> tuple[str, float]:
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total - step) / rate if rate > 0 else float('inf')
+    return (f'step {step}/{self.total}  loss {metrics.get("loss", 0):.5f}  '
+            f'{rate:.2f} steps/s  ETA {_fmt_time(eta)}'), rate
+
+
+def log_parameter_overview(params) -> int:
+  """Logs a table of parameter shapes and sizes; returns the count."""
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+  table = parameter_overview.get_parameter_overview(tree, include_stats=False)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  logging.info('Parameters (%s):\n%s', f'{count:,}', table)
+  return count

@@ -1,0 +1,77 @@
+"""The train state: a plain dict pytree, created directly sharded.
+
+  state = {'step': int32 scalar, 'params': nnx.State, 'opt_state': ...,
+           'ema': {'0p9999': params-shaped nnx.State, ...}}
+
+No RNG lives in the state: the step folds the step number into a fixed key,
+so a resumed run draws exactly the numbers an uninterrupted one would.
+"""
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from visgen import sharding
+
+
+def ema_key(decay: float) -> str:
+  # No '.' in keys: Orbax joins tree paths with dots.
+  return f'{decay:g}'.replace('.', 'p')
+
+
+def ema_decay(key: str) -> float:
+  return float(key.replace('p', '.'))
+
+
+def make_init(param_init: Callable[[jax.Array], Any], tx,
+              ema_decays: Sequence[float]) -> Callable[[jax.Array], dict]:
+  """init(rng) -> state; jit it with out_shardings to create it sharded."""
+
+  def init(rng):
+    params = param_init(rng)
+    return {
+        'step': jnp.zeros((), jnp.int32),
+        'params': params,
+        'opt_state': tx.init(params),
+        'ema': {ema_key(d): jax.tree.map(jnp.copy, params)
+                for d in ema_decays},
+    }
+
+  return init
+
+
+def create_sharded(init: Callable[[jax.Array], dict], rng: jax.Array,
+                   abstract_params: Any, mesh, sharding_cfg):
+  """eval_shape -> shardings from logical rules -> jit(init, out_shardings).
+
+  Returns (state, state_shardings, abstract_state); the abstract state
+  carries the shardings (for sharded checkpoint restores).
+  """
+  abstract = jax.eval_shape(init, rng)
+  p_shard = sharding.param_shardings(abstract_params, mesh, sharding_cfg)
+  shardings = sharding.tree_shardings(abstract, abstract['params'], p_shard,
+                                      mesh)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings, abstract
+
+
+def ema_update(ema: dict, params: Any, step: jax.Array, *,
+               warmup: bool) -> dict:
+  """ema <- d * ema + (1 - d) * params for every decay d in the dict.
+
+  With `warmup`, d is min(d, (1 + n) / (10 + n)) so early EMAs are not
+  dominated by the random initialisation in short runs.
+  """
+  out = {}
+  for key, tree in ema.items():
+    decay = jnp.float32(ema_decay(key))
+    if warmup:
+      n = step.astype(jnp.float32)
+      decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    out[key] = jax.tree.map(lambda e, p, d=decay: d * e + (1.0 - d) * p,
+                            tree, params)
+  return out
