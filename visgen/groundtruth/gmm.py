@@ -53,6 +53,7 @@ class GaussianMixture:
     """
     k_c, k_z = jax.random.split(key)
     logits = self._log_weights(None if label is None else jnp.full((n,), label))
+    logits = jnp.broadcast_to(logits, (n, self.num_components))
     comp = jax.random.categorical(k_c, logits, axis=-1)
     chol = jnp.linalg.cholesky(self.covs)
     z = jax.random.normal(k_z, (n, self.dim))
