@@ -34,14 +34,15 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs,
                dtype: Any = jnp.float32, attn_fp32: bool = False,
-               impl: str = 'xla'):
+               impl: str = 'xla', zero_proj: bool = False):
     if impl not in IMPLS:
       raise ValueError(f'Unknown attention impl {impl!r}. Valid choices: '
                        f'{", ".join(IMPLS)}.')
     self.qkv = layers.Dense(width, 3 * width, rngs=rngs,
                             axes=('embed', 'qkv'), dtype=dtype)
-    self.proj = layers.Dense(width, width, rngs=rngs, axes=('heads', 'embed'),
-                             dtype=dtype)
+    self.proj = layers.Dense(
+        width, width, rngs=rngs, axes=('heads', 'embed'), dtype=dtype,
+        kernel_init=layers.zeros if zero_proj else layers.xavier_uniform)
     self.heads = heads
     self.dtype = dtype
     self.attn_dtype = jnp.float32 if attn_fp32 else dtype

@@ -1,0 +1,217 @@
+"""ADM-style U-Net (Dhariwal & Nichol, 2021; Nichol & Dhariwal, 2021).
+
+Residual blocks with scale-shift GroupNorm conditioning on the time (plus
+class) embedding, self-attention at chosen resolutions, channel multipliers
+per level, `num_res_blocks` blocks per level (one more on the way up, each
+consuming a skip connection), dropout, and an optional learned-variance
+output (2x channels). Output convolutions of every residual branch and the
+final layer start at zero, as in ADM.
+"""
+
+import math
+from typing import Any, Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from visgen.models import attention
+from visgen.models import layers
+
+
+class Conv(nnx.Module):
+  """NHWC convolution with fp32 accumulation; 'SAME' padding."""
+
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, k: int = 3,
+               stride: int = 1, zero_init: bool = False,
+               dtype: Any = jnp.float32):
+    # ADM's fan-average uniform init is Xavier-uniform over HWIO fans.
+    init = layers.zeros if zero_init else layers.xavier_uniform
+    self.kernel = layers.make_param(rngs.params(), init, (k, k, cin, cout),
+                                    (None, None, 'conv_in', 'conv_out'))
+    self.bias = layers.make_param(rngs.params(), layers.zeros, (cout,),
+                                  ('conv_out',))
+    self.stride = stride
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        (self.stride, self.stride), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        preferred_element_type=jnp.float32)
+    return y + self.bias[...]
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over (H, W, C/G) with affine parameters; fp32 statistics."""
+
+  def __init__(self, ch: int, *, rngs: nnx.Rngs, groups: int = 32,
+               eps: float = 1e-5):
+    # ADM's 32 groups; narrow test models fall back to a common divisor.
+    self.groups = math.gcd(groups, ch)
+    key = rngs.params()
+    self.scale = layers.make_param(key, layers.ones, (ch,), ('embed',))
+    self.bias = layers.make_param(key, layers.zeros, (ch,), ('embed',))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    g = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
+    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
+    g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+    return g.reshape(b, h, w, c) * self.scale[...] + self.bias[...]
+
+
+def dropout(x, rate: float, *, train: bool, rngs: nnx.Rngs | None):
+  if not train or rate == 0.0:
+    return x
+  if rngs is None:
+    raise ValueError('UNet dropout in training needs rngs (a dropout key).')
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class ResBlock(nnx.Module):
+  """GN-SiLU-conv, scale-shift norm from emb, SiLU-dropout-conv, skip."""
+
+  def __init__(self, cin: int, cout: int, emb_dim: int, *, rngs: nnx.Rngs,
+               dropout_rate: float = 0.0, dtype: Any = jnp.float32):
+    self.norm1 = GroupNorm(cin, rngs=rngs)
+    self.conv1 = Conv(cin, cout, rngs=rngs, dtype=dtype)
+    self.emb = layers.Dense(emb_dim, 2 * cout, rngs=rngs,
+                            axes=('embed', None), dtype=dtype)
+    self.norm2 = GroupNorm(cout, rngs=rngs)
+    self.conv2 = Conv(cout, cout, rngs=rngs, zero_init=True, dtype=dtype)
+    self.skip = (Conv(cin, cout, rngs=rngs, k=1, dtype=dtype)
+                 if cin != cout else None)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x, emb, *, train: bool, rngs):
+    h = self.conv1(jax.nn.silu(self.norm1(x)))
+    scale, shift = jnp.split(self.emb(jax.nn.silu(emb)), 2, axis=-1)
+    h = self.norm2(h) * (1.0 + scale[:, None, None]) + shift[:, None, None]
+    h = dropout(jax.nn.silu(h), self.dropout_rate, train=train, rngs=rngs)
+    h = self.conv2(h)
+    return (x if self.skip is None else self.skip(x)) + h
+
+
+class AttnBlock(nnx.Module):
+  """GroupNorm then multi-head self-attention over H*W tokens, residual."""
+
+  def __init__(self, ch: int, heads: int, *, rngs: nnx.Rngs,
+               dtype: Any = jnp.float32, attn_fp32: bool = False):
+    self.norm = GroupNorm(ch, rngs=rngs)
+    # Zero output projection: the block starts as the identity (ADM).
+    self.attn = attention.SelfAttention(ch, heads, rngs=rngs, dtype=dtype,
+                                        attn_fp32=attn_fp32, zero_proj=True)
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    a, _ = self.attn(self.norm(x).reshape(b, h * w, c))
+    return x + a.reshape(b, h, w, c)
+
+
+class UNet(nnx.Module):
+  """(x_t (B, H, W, C), t (B,), cond) -> (B, H, W, C or 2C)."""
+
+  def __init__(self, *, rngs: nnx.Rngs, input_size: int = 32,
+               in_channels: int = 3, model_channels: int = 128,
+               channel_mult: Sequence[int] = (1, 2, 2, 2),
+               num_res_blocks: int = 2,
+               attention_resolutions: Sequence[int] = (16,),
+               num_heads: int = 4, dropout: float = 0.0,
+               num_classes: int = 0, learn_sigma: bool = False,
+               t_scale: float = 1000.0, dtype: Any = jnp.float32,
+               attn_fp32: bool = False, remat: bool = False):
+    if input_size % 2 ** (len(channel_mult) - 1):
+      raise ValueError(f'input_size {input_size} must be divisible by '
+                       f'2**(levels-1) = {2 ** (len(channel_mult) - 1)}.')
+    ch, emb_dim = model_channels, 4 * model_channels
+    self.input_size, self.in_channels = input_size, in_channels
+    self.out_channels = 2 * in_channels if learn_sigma else in_channels
+    self.num_classes = num_classes
+    self.cond_keys = ('label',) if num_classes > 0 else ()
+    self.remat = remat
+    self.t_embed = layers.TimestepEmbedder(
+        emb_dim, rngs=rngs, freq_dim=model_channels, t_scale=t_scale,
+        dtype=dtype)
+    self.y_embed = (layers.LabelEmbedder(num_classes, emb_dim, rngs=rngs)
+                    if num_classes > 0 else None)
+    self.conv_in = Conv(in_channels, ch, rngs=rngs, dtype=dtype)
+    kw = dict(rngs=rngs, dropout_rate=dropout, dtype=dtype)
+    akw = dict(rngs=rngs, dtype=dtype, attn_fp32=attn_fp32)
+    down, skips, res = [], [ch], input_size
+    for level, mult in enumerate(channel_mult):
+      for _ in range(num_res_blocks):
+        blk = [ResBlock(ch, mult * model_channels, emb_dim, **kw)]
+        ch = mult * model_channels
+        if res in attention_resolutions:
+          blk.append(AttnBlock(ch, num_heads, **akw))
+        down.append(nnx.List(blk))
+        skips.append(ch)
+      if level != len(channel_mult) - 1:
+        down.append(nnx.List([Conv(ch, ch, rngs=rngs, stride=2,
+                                   dtype=dtype)]))
+        skips.append(ch)
+        res //= 2
+    self.down = nnx.List(down)
+    self.mid = nnx.List([ResBlock(ch, ch, emb_dim, **kw),
+                         AttnBlock(ch, num_heads, **akw),
+                         ResBlock(ch, ch, emb_dim, **kw)])
+    up = []
+    for level, mult in reversed(list(enumerate(channel_mult))):
+      for i in range(num_res_blocks + 1):
+        blk = [ResBlock(ch + skips.pop(), mult * model_channels, emb_dim,
+                        **kw)]
+        ch = mult * model_channels
+        if res in attention_resolutions:
+          blk.append(AttnBlock(ch, num_heads, **akw))
+        if level and i == num_res_blocks:
+          blk.append(Conv(ch, ch, rngs=rngs, dtype=dtype))  # after 2x up
+          res *= 2
+        up.append(nnx.List(blk))
+    self.up = nnx.List(up)
+    self.norm_out = GroupNorm(ch, rngs=rngs)
+    self.conv_out = Conv(ch, self.out_channels, rngs=rngs, zero_init=True,
+                         dtype=dtype)
+
+  def _run(self, blk, h, emb, train, rngs):
+    for layer in blk:
+      if isinstance(layer, ResBlock):
+        if self.remat:
+          h = nnx.remat(lambda m, h, e, r: m(h, e, train=train, rngs=r))(
+              layer, h, emb, rngs)
+        else:
+          h = layer(h, emb, train=train, rngs=rngs)
+      elif isinstance(layer, AttnBlock):
+        h = layer(h)
+      else:  # Conv: a downsample (stride 2) or the conv after an upsample.
+        if layer.stride == 1:
+          b, hh, ww, c = h.shape
+          h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
+        h = layer(h)
+    return h
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
+               *, train: bool = False, rngs: nnx.Rngs | None = None):
+    s = self.input_size
+    if x_t.shape[1:] != (s, s, self.in_channels):
+      raise ValueError(f'UNet expects x_t of shape (B, {s}, {s}, '
+                       f'{self.in_channels}), got {x_t.shape}.')
+    cond = layers.check_cond(cond, self.cond_keys, 'UNet')
+    emb = self.t_embed(jnp.broadcast_to(t, x_t.shape[:1]))
+    if self.y_embed is not None:
+      emb = emb + self.y_embed(cond['label'])
+    h = self.conv_in(x_t)
+    hs = [h]
+    for blk in self.down:
+      h = self._run(blk, h, emb, train, rngs)
+      hs.append(h)
+    h = self._run(self.mid, h, emb, train, rngs)
+    for blk in self.up:
+      h = self._run(blk, jnp.concatenate([h, hs.pop()], axis=-1), emb, train,
+                    rngs)
+    h = self.conv_out(jax.nn.silu(self.norm_out(h)))
+    return h.astype(x_t.dtype)
