@@ -199,3 +199,12 @@ def test_moving_digits_are_digits():
   match = [j for j in range(len(imgs['label']))
            if np.array_equal(imgs['image'][j, ..., 0], patch)]
   assert match and imgs['label'][match[0]] == ex['label']
+
+
+def test_world_map_matches_reference_renderer():
+  w = shapes_world.ShapesWorldSource(split='test').world(1)
+  _, ids, _ = shapes.render_layers(w.scene, w.size, unit=w.resolution)
+  sem = np.array([0] + [o.shape + 1 for o in w.scene.objects], np.uint8)
+  np.testing.assert_array_equal(w.map_semantic, sem[ids])
+  ref = shapes.render_layers(w.scene, w.size, unit=w.resolution)[0]
+  np.testing.assert_array_equal(w.map_image, ref)

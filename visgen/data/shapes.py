@@ -115,7 +115,7 @@ def split_rng(split: str, seed: int, index: int) -> np.random.Generator:
 
 
 @functools.cache
-def _grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
   """Pixel-centre coordinates x (columns), y (rows), each (H, W)."""
   c = np.arange(resolution, dtype=np.float32) + 0.5
   return np.meshgrid(c, c, indexing='xy')
@@ -136,8 +136,13 @@ def coverage(obj: Obj, resolution: int, *, unit: float | None = None
   `unit` (default: `resolution`) is the length object sizes are relative to;
   a larger canvas (the world map) keeps object sizes of its views.
   """
-  unit = resolution if unit is None else unit
-  x, y = _grid(resolution)
+  x, y = pixel_grid(resolution)
+  return inside(obj, x, y, unit=resolution if unit is None else unit)
+
+
+def inside(obj: Obj, x: np.ndarray, y: np.ndarray, *, unit: float
+           ) -> np.ndarray:
+  """Whether the points (x, y) (any matching shapes) lie inside `obj`."""
   r = obj.half_extent(unit)
   dx, dy = x - obj.cx, y - obj.cy
   name = SHAPES[obj.shape]
@@ -150,12 +155,12 @@ def coverage(obj: Obj, resolution: int, *, unit: float | None = None
     return np.abs(dx) + np.abs(dy) <= r
   if name == 'triangle':
     v = _triangle_vertices(obj, unit)
-    inside = np.ones(x.shape, bool)
+    result = np.ones(np.shape(x), bool)
     for a, b in ((v[0], v[1]), (v[1], v[2]), (v[2], v[0])):
       # Vertices run clockwise on screen: inside is where the cross is >= 0.
       cross = (b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])
-      inside &= cross >= 0
-    return inside
+      result &= cross >= 0
+    return result
   raise ValueError(f'Unknown shape index {obj.shape}.')
 
 
@@ -182,7 +187,10 @@ def keypoints(obj: Obj, resolution: int) -> tuple[np.ndarray, np.ndarray]:
 
 def background_image(bg: Background, resolution: int) -> np.ndarray:
   """uint8 (H, W, 3) background."""
-  x, y = _grid(resolution)
+  if bg.c0 == bg.c1:  # solid: skip the gradient arithmetic
+    return np.tile(np.round(BG_VALUES[bg.c0]).astype(np.uint8),
+                   (resolution, resolution, 1))
+  x, y = pixel_grid(resolution)
   u = (np.cos(bg.angle) * x + np.sin(bg.angle) * y) / resolution
   u = (u - u.min()) / max(u.max() - u.min(), 1e-6)
   c0, c1 = BG_VALUES[bg.c0], BG_VALUES[bg.c1]
