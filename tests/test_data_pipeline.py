@@ -161,3 +161,18 @@ def test_eight_fake_devices_get_their_slice():
                        check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('OK')
+
+
+def test_threads_do_not_change_the_stream():
+  a = _take(pipeline.make_iterator(_Toy(), batch_size=4, seed=2, flip=True), 5)
+  it = pipeline.make_iterator(_Toy(), batch_size=4, seed=2, flip=True,
+                              num_threads=2)
+  b = _take(it, 3)
+  state = it.get_state()
+  b += _take(it, 2)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+  it2 = pipeline.make_iterator(_Toy(), batch_size=4, seed=2, flip=True,
+                               num_threads=2)
+  it2.set_state(state)
+  np.testing.assert_array_equal(next(it2)['label'], a[3]['label'])
