@@ -15,9 +15,9 @@ def test_split_sizes_disjoint_and_fixed():
   assert train['image'].dtype == np.uint8
   assert train['label'].dtype == np.int32
   # The split is the rng(0) permutation of sklearn's order.
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
-  raw = load_digits()
+  raw = datasets.load_digits()
   perm = np.random.default_rng(0).permutation(1797)
   np.testing.assert_array_equal(train['label'], raw.target[perm[:1500]])
   np.testing.assert_array_equal(test['label'], raw.target[perm[1500:]])

@@ -176,3 +176,21 @@ def test_threads_do_not_change_the_stream():
                                num_threads=2)
   it2.set_state(state)
   np.testing.assert_array_equal(next(it2)['label'], a[3]['label'])
+
+
+def test_flip_moves_masks_and_videos_with_the_image():
+  from visgen.data import shapes_motion  # pylint: disable=g-import-not-at-top
+
+  src = shapes_motion.ShapesVideoSource(split='test', num_examples=8,
+                                        num_frames=2)
+  batch = next(pipeline.make_iterator(src, batch_size=8, seed=0, flip=True,
+                                      shuffle=False))
+  flipped = 0
+  for i in range(8):
+    ex = src[i]
+    f = not np.array_equal(batch['video'][i], ex['video'])
+    flipped += f
+    for key in ('image', 'video', 'instance_masks'):
+      want = ex[key][..., ::-1, :] if f else ex[key]
+      np.testing.assert_array_equal(batch[key][i], want, err_msg=key)
+  assert 0 < flipped < 8

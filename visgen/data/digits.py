@@ -22,9 +22,9 @@ NUM_CLASSES = 10
 @functools.cache
 def _load_all() -> tuple[np.ndarray, np.ndarray]:
   """Returns (images uint8 (1797, 8, 8), labels int32) in sklearn's order."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
-  digits = load_digits()
+  digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   labels = digits.target.astype(np.int32)
   return images, labels

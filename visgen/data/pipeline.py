@@ -26,15 +26,20 @@ import grain
 import numpy as np
 
 
+def _is_spatial(key: str) -> bool:
+  """Per-pixel keys ((..., H, W, C) arrays) that a flip must move together."""
+  return ('image' in key or 'mask' in key or 'edges' in key
+          or key == 'video')
+
+
 def _flip(example: dict[str, Any], rng: np.random.Generator):
-  """Random horizontal flip of 'image' (and any per-pixel '*mask*'/'edges')."""
+  """Random horizontal flip of all per-pixel arrays of an example."""
   if rng.random() >= 0.5:
     return example
-  out = dict(example)
-  for key, value in example.items():
-    if key == 'image' or 'mask' in key or key == 'edges':
-      out[key] = np.ascontiguousarray(value[..., :, ::-1, :])
-  return out
+  return {
+      k: np.ascontiguousarray(v[..., ::-1, :]) if _is_spatial(k) else v
+      for k, v in example.items()
+  }
 
 
 def make_iterator(
@@ -62,9 +67,10 @@ def make_iterator(
     drop_remainder: drop a final partial batch (only matters without repeat;
       required for multi-process runs without repeat, so that every process
       yields the same number of batches).
-    flip: random horizontal flips (images and per-pixel maps, see `_flip`).
-      Keypoints and captions are not flipped: do not use with scene data whose
-      left/right ground truth matters.
+    flip: random horizontal flips of every per-pixel array (images, videos,
+      masks, edges) together. Keypoints, positions, captions and
+      instructions are NOT flipped: do not flip scene data whose left/right
+      ground truth is used.
     process_index: this process (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
     num_threads: grain read threads (0: read in the calling thread).
@@ -75,10 +81,10 @@ def make_iterator(
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 
-    process_index = jax.process_index() if process_index is None else (
-        process_index)
-    process_count = jax.process_count() if process_count is None else (
-        process_count)
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
   if batch_size % process_count:
     raise ValueError(
         f'batch_size={batch_size} is not divisible by process_count='
@@ -121,8 +127,7 @@ def checkpoint_args(iterator: grain.DatasetIterator, *, restore: bool = False):
   `make_iterator` call, i.e. same source, batch size, seed and sharding).
   Each process writes its own `process_<i>-of-<n>.json` file.
   """
-  import grain.checkpoint  # pylint: disable=g-import-not-at-top,redefined-outer-name
-
+  # grain.checkpoint defines these args only when Orbax imports; it does here.
   if restore:
     return grain.checkpoint.CheckpointRestore(iterator)
   return grain.checkpoint.CheckpointSave(iterator)
