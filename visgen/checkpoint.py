@@ -61,7 +61,7 @@ def fingerprint(config, abstract_params) -> dict:
 
 def _differences(old: dict, new: dict, limit: int = 8) -> list[str]:
   out = []
-  for section in ('params', 'config'):
+  for section in ('config', 'params'):  # The config says why.
     a, b = old.get(section, {}), new.get(section, {})
     for k in sorted(set(a) | set(b)):
       if a.get(k) != b.get(k):
@@ -78,6 +78,7 @@ class _PreemptionFlag:
     self.event = threading.Event()
 
   def install(self):
+    self.event.clear()  # A new run starts unpreempted.
     if threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, lambda *_: self.event.set())
 

@@ -34,8 +34,8 @@ def _convert(default: Any, value: str, key: str) -> Any:
     if isinstance(default, float):
       return float(value)
   except ValueError as e:
-    raise ValueError(f'Config arg {key}={value!r} is not a '
-                     f'{type(default).__name__}.') from e
+    raise ValueError(f'Config arg {key}={value!r} is not '
+                     f'of type {type(default).__name__}.') from e
   return value
 
 

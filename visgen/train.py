@@ -182,6 +182,8 @@ def train_and_evaluate(config, workdir: str, *,
   guidance = float(config.sampler.get('cfg_scale', 0.0))
 
   def write_grid(st, step, path=None):
+    if not n_grid:  # Tests and benchmarks may skip sampling.
+      return None
     cond = task.sample_cond(n_grid)
     x = sample_grid(first_ema(st), cond, jax.random.fold_in(rng, 3),
                     jnp.float32(guidance))
@@ -223,6 +225,7 @@ def train_and_evaluate(config, workdir: str, *,
         last_metrics = fetch(*pending)  # Never checkpoint a NaN state.
         ckpt.save(step, state, data_iter, force=True)
       if preempted:
+        writer.write_scalars(step, last_metrics)
         ckpt.wait()
         logging.info('Preempted (SIGTERM) at step %d: checkpoint saved, '
                      'exiting cleanly.', step)
