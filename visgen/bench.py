@@ -1,0 +1,335 @@
+r"""Benchmark: train-step and sampling throughput against the machine's peak.
+
+  python -m visgen.bench --config=visgen/bench_config.py --out=/tmp/b.json
+  python -m visgen.bench --config=visgen/bench_config.py:dtype=bfloat16
+  python -m visgen.bench --config=configs/quickstart.py --config.data.batch_size=64
+
+Measures, in one process: the square-matmul peak (fp32, and bf16 inputs with
+fp32 accumulation), compile time, FLOPs per train step and per sampling call
+from XLA's cost analysis, step time (warm-up steps excluded, median of the
+timed ones), achieved FLOP/s and its share of the measured peak, sampling
+images/s, and peak RSS with page-fault and system-time counts. Prints a
+Markdown table and writes JSON (`--out`).
+
+The step is the project's own: `train.build` (model, task, optimizer, sharded
+state) and `train_step.make_train_step` (loss -> grads -> AdamW -> EMA),
+jitted with donation as `train.py` does, on a fixed synthetic batch.
+
+Huge pages: XLA's CPU runtime page-faults heavily on large activations; glibc
+serves them from transparent huge pages with `GLIBC_TUNABLES=
+glibc.malloc.hugetlb=1`, which must be set when the process starts. The
+benchmark re-executes itself with it (`--hugepages=false` to measure
+without); entry points can call `ensure_hugepages()` first thing.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+_NO_REEXEC = 'VISGEN_NO_HUGEPAGE_REEXEC'
+
+
+def hugepages_enabled() -> bool:
+  return 'glibc.malloc.hugetlb=' in os.environ.get('GLIBC_TUNABLES', '') and (
+      'glibc.malloc.hugetlb=0' not in os.environ['GLIBC_TUNABLES'])
+
+
+def ensure_hugepages() -> None:
+  """Re-executes this process with glibc huge pages unless already set.
+
+  Call it first thing in an entry point (before JAX allocates anything). It
+  returns without doing anything when the tunable is present, when
+  VISGEN_NO_HUGEPAGE_REEXEC=1, or off Linux. Otherwise it does not return.
+  """
+  if (hugepages_enabled() or os.environ.get(_NO_REEXEC) == '1'
+      or not sys.platform.startswith('linux')):
+    return
+  env = dict(os.environ)
+  old = env.get('GLIBC_TUNABLES')
+  env['GLIBC_TUNABLES'] = f'{old}:{HUGEPAGE_TUNABLE}' if old else (
+      HUGEPAGE_TUNABLE)
+  env[_NO_REEXEC] = '1'  # Never loop, even if glibc ignores the tunable.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+# Decide before absl/JAX import anything heavy.
+if __name__ == '__main__':
+  if not any(a in ('--hugepages=false', '--nohugepages') for a in sys.argv):
+    ensure_hugepages()
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from visgen import bench_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# -----------------------------------------------------------------------------
+# Measurements.
+# -----------------------------------------------------------------------------
+
+
+def _usage() -> dict[str, float]:
+  ru = resource.getrusage(resource.RUSAGE_SELF)
+  return dict(user_s=ru.ru_utime, sys_s=ru.ru_stime, minflt=ru.ru_minflt,
+              maxrss_mib=ru.ru_maxrss / 1024.0)
+
+
+def _delta(a: dict, b: dict) -> dict:
+  return {k: b[k] - a[k] for k in ('user_s', 'sys_s', 'minflt')}
+
+
+def matmul_peak(*, n: int = 2048, repeats: int = 5) -> dict[str, dict]:
+  """GFLOP/s of jitted n x n matmuls: fp32, and bf16 with fp32 accumulation.
+
+  Returns {'fp32': {...}, 'bf16': {...}} with the best and median rate; the
+  best run is the machine's peak (shared machines only ever slow it down).
+  """
+  out = {}
+  ka, kb = jax.random.split(jax.random.key(0))
+  for name, dtype in (('fp32', jnp.float32), ('bf16', jnp.bfloat16)):
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    f = jax.jit(lambda a, b: jax.lax.dot(
+        a, b, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      f(a, b).block_until_ready()
+      times.append(time.perf_counter() - t0)
+    flop = 2.0 * n ** 3
+    out[name] = dict(n=n, best_gflops=flop / min(times) / 1e9,
+                     median_gflops=flop / statistics.median(times) / 1e9)
+  return out
+
+
+def _compile(jitted, *args) -> tuple[Any, dict]:
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, dict(lower_s=t1 - t0, compile_s=t2 - t1,
+                        gflop=float(cost.get('flops', float('nan'))) / 1e9)
+
+
+def synthetic_batch(config, mesh) -> dict:
+  """A fixed uint8 image batch (and labels) shaped like the task's data."""
+  from visgen import sharding  # pylint: disable=g-import-not-at-top
+
+  bsz = int(config.data.batch_size)
+  shape = tuple(config.task.x_shape)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (bsz,) + shape, dtype=np.uint8)}
+  if int(config.task.get('num_classes', 0)):
+    batch['label'] = rng.integers(0, int(config.task.num_classes), (bsz,),
+                                  dtype=np.int32)
+  data = sharding.data_sharding(mesh, config.sharding.rules)
+  return jax.device_put(batch, data)
+
+
+def bench_train(config, mesh) -> tuple[dict, Any, Any]:
+  """Compiles and times the project's train step; returns (results, b, st)."""
+  from visgen import sharding  # pylint: disable=g-import-not-at-top
+  from visgen import train  # pylint: disable=g-import-not-at-top
+  from visgen import train_step as step_lib  # pylint: disable=g-import-not-at-top
+
+  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  b = train.build(config, mesh)
+  state = jax.jit(b['init'], out_shardings=b['shardings'])(jax.random.key(1))
+  n_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  batch = synthetic_batch(config, mesh)
+  task = b['task']
+  loss_fn = lambda p, fr, bt, k: task.loss(b['apply'], p, fr, bt, k)
+  step_fn = step_lib.make_train_step(
+      loss_fn, b['tx'], b['schedule'],
+      accum_steps=config.optim.get('accum_steps', 1),
+      ema_warmup=config.get('ema_warmup', False))
+  jitted = jax.jit(step_fn, donate_argnums=(0,),
+                   out_shardings=(b['shardings'], sharding.replicated(mesh)))
+  rng = jax.random.key(2)
+  compiled, res = _compile(jitted, state, {}, batch, rng)
+  times, losses = [], []
+  u0 = None
+  for i in range(knobs['warmup_steps'] + knobs['steps']):
+    if i == knobs['warmup_steps']:
+      u0 = _usage()
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, {}, batch, rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+    losses.append(float(metrics['loss']))
+  timed = times[knobs['warmup_steps']:]
+  step_s = statistics.median(timed)
+  res.update(
+      params_m=n_params / 1e6, batch=int(config.data.batch_size),
+      step_s=step_s, step_times_s=timed, warmup_times_s=times[
+          :knobs['warmup_steps']],
+      spread=(max(timed) - min(timed)) / step_s,
+      steps_per_s=1.0 / step_s,
+      images_per_s=int(config.data.batch_size) / step_s,
+      gflops=res['gflop'] / step_s, losses=losses,
+      usage_per_step={k: v / len(timed) for k, v in
+                      _delta(u0, _usage()).items()})
+  if not all(np.isfinite(losses)):
+    raise FloatingPointError(f'Non-finite loss in the benchmark: {losses}')
+  return res, b, state
+
+
+def _fallback_sampler(task, apply, params, cond, key, n, steps):
+  """Euler on the probability-flow ODE, t: 1 -> 0 (velocity models only)."""
+  if task.prediction != 'velocity':
+    raise ValueError('visgen.samplers.sample is unavailable and the fallback '
+                     'Euler sampler needs prediction="velocity".')
+  x = jax.random.normal(key, (n,) + task.x_shape)
+  dt = 1.0 / steps
+
+  def body(i, x):
+    t = jnp.full((n,), 1.0 - i * dt)
+    return x - dt * apply(params, x, t, cond)
+
+  return jax.lax.fori_loop(0, steps, body, x)
+
+
+def bench_sample(config, b, params) -> dict:
+  """Times one jitted sampling call of `sample_batch` images."""
+  from visgen import samplers  # pylint: disable=g-import-not-at-top
+
+  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  task = b['task']
+  n = int(knobs['sample_batch'] or config.data.batch_size)
+  steps = int(knobs['sample_steps'] or config.sampler.get('steps', 50))
+  cond = {}
+  if task.num_classes:
+    cond = {'label': jnp.arange(n, dtype=jnp.int32) % task.num_classes}
+  key = jax.random.key(3)
+  if hasattr(samplers, 'sample'):
+    task.sampler_cfg = dict(dict(task.sampler_cfg), steps=steps)
+    fn = lambda p, c, k: task.sample(b['apply'], p, {}, c, k, n=n,
+                                     guidance=0.0)
+    which = f'visgen.samplers {task.sampler_cfg["name"]}'
+  else:
+    fn = lambda p, c, k: _fallback_sampler(task, b['apply'], p, c, k, n,
+                                           steps)
+    which = 'bench fallback Euler (visgen.samplers.sample missing)'
+  compiled, res = _compile(jax.jit(fn), params, cond, key)
+  times = []
+  for _ in range(1 + int(knobs['sample_repeats'])):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(params, cond, key))
+    times.append(time.perf_counter() - t0)
+  t = statistics.median(times[1:])
+  res.update(sampler=which, n=n, steps=steps, time_s=t, images_per_s=n / t,
+             gflops=res['gflop'] / t)
+  return res
+
+
+# -----------------------------------------------------------------------------
+# Report.
+# -----------------------------------------------------------------------------
+
+
+def run(config, *, sample: bool = True) -> dict:
+  """All measurements for one config, as a JSON-ready dict."""
+  from visgen import sharding  # pylint: disable=g-import-not-at-top
+
+  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  out: dict[str, Any] = dict(
+      model=dict(config.model), devices=str(jax.devices()),
+      jax=jax.__version__, hugepages=hugepages_enabled(),
+      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+      loadavg=os.getloadavg())
+  out['peak'] = matmul_peak(n=knobs['peak_n'], repeats=knobs['peak_repeats'])
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  out['train'], b, state = bench_train(config, mesh)
+  if sample:
+    out['sample'] = bench_sample(config, b, state['params'])
+  # Peak again after the run: the share uses the best of both, so a busy
+  # moment during the first measurement does not flatter the model.
+  again = matmul_peak(n=knobs['peak_n'], repeats=knobs['peak_repeats'])
+  for k, v in again.items():
+    out['peak'][k]['best_gflops'] = max(out['peak'][k]['best_gflops'],
+                                        v['best_gflops'])
+  dtype = str(config.model.get('dtype', 'float32'))
+  ref = 'bf16' if 'bfloat16' in dtype else 'fp32'
+  peak = out['peak'][ref]['best_gflops']
+  out['train']['share_of_peak'] = out['train']['gflops'] / peak
+  out['train']['peak_ref'] = ref
+  out['max_rss_gib'] = _usage()['maxrss_mib'] / 1024.0
+  out['loadavg_end'] = os.getloadavg()
+  return out
+
+
+def markdown(r: dict) -> str:
+  t, p = r['train'], r['peak']
+  rows = [
+      ('model', ', '.join(f'{k}={v}' for k, v in r['model'].items())),
+      ('huge pages (GLIBC_TUNABLES)', str(r['hugepages'])),
+      ('matmul peak fp32 / bf16 (GFLOP/s)',
+       f"{p['fp32']['best_gflops']:.0f} / {p['bf16']['best_gflops']:.0f}"),
+      ('params', f"{t['params_m']:.2f} M"),
+      ('train GFLOP/step (XLA)', f"{t['gflop']:.1f}"),
+      ('lower + compile (s)', f"{t['lower_s']:.1f} + {t['compile_s']:.1f}"),
+      ('step (s), median of timed',
+       f"{t['step_s']:.3f} (" + ', '.join(f'{x:.2f}' for x in
+                                          t['step_times_s']) + ')'),
+      ('steps/s, images/s', f"{t['steps_per_s']:.3f}, "
+       f"{t['images_per_s']:.1f}"),
+      ('achieved GFLOP/s', f"{t['gflops']:.1f}"),
+      (f"share of {t['peak_ref']} peak", f"{100 * t['share_of_peak']:.1f}%"),
+      ('per step: user / sys s, minor faults',
+       f"{t['usage_per_step']['user_s']:.2f} / "
+       f"{t['usage_per_step']['sys_s']:.2f}, "
+       f"{t['usage_per_step']['minflt']:.0f}"),
+  ]
+  if 'sample' in r:
+    s = r['sample']
+    rows += [
+        ('sampling', f"{s['n']} images x {s['steps']} steps, {s['sampler']}"),
+        ('sampling compile (s)', f"{s['compile_s']:.1f}"),
+        ('sampling time (s), images/s, GFLOP/s',
+         f"{s['time_s']:.2f}, {s['images_per_s']:.1f}, "
+         f"{s['gflops']:.1f}"),
+    ]
+  rows += [('peak RSS', f"{r['max_rss_gib']:.2f} GiB"),
+           ('load average start / end',
+            ' / '.join(f'{x[0]:.1f}' for x in (r['loadavg'],
+                                               r['loadavg_end'])))]
+  lines = ['| metric | value |', '|---|---|']
+  lines += [f'| {k} | {v} |' for k, v in rows]
+  return '\n'.join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (visgen/bench_config.py[:args] or '
+    'configs/X.py[:args]).', lock_config=True)
+_OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
+_SAMPLE = flags.DEFINE_bool('sample', True, 'Also time sampling.')
+flags.DEFINE_bool('hugepages', True, 'Re-exec with GLIBC_TUNABLES='
+                  f'{HUGEPAGE_TUNABLE} (read before flag parsing).')
+
+
+def main(argv):
+  del argv
+  r = run(_CONFIG.value, sample=_SAMPLE.value)
+  print(markdown(r))
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      json.dump(r, f, indent=2, default=str)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
