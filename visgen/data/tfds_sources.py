@@ -83,14 +83,26 @@ def preparation_instructions(tfds_name: str, data_dir: str) -> str:
   else:
     lines.append(f'  tfds build {tfds_name} --data_dir={data_dir} '
                  '--file_format=array_record')
-  lines += [
+  lines.append(
       f'then copy {os.path.join(data_dir, base)} to this machine and pass '
-      'that data_dir (or set TFDS_DATA_DIR).',
-      'A copy already prepared as TFRECORD can be converted instead: '
-      'tfds convert_format --dataset_version_dir=<data_dir>/<name>/<version> '
-      '--out_file_format=array_record',
-  ]
+      'that data_dir (or set TFDS_DATA_DIR).')
+  existing = _prepared_versions(tfds_name, data_dir)
+  if existing:
+    lines.append(
+        f'A copy exists at {existing[0]} in another file format (tfrecord?): '
+        'convert it instead of rebuilding: tfds convert_format '
+        f'--dataset_version_dir={existing[0]} --out_file_format=array_record')
   return '\n'.join(lines)
+
+
+def _prepared_versions(tfds_name: str, data_dir: str) -> list[str]:
+  """Version dirs of `tfds_name` under data_dir holding a dataset_info.json."""
+  root = os.path.join(data_dir, tfds_name)
+  if not os.path.isdir(root):
+    return []
+  return sorted(
+      os.path.join(root, v) for v in os.listdir(root)
+      if os.path.exists(os.path.join(root, v, 'dataset_info.json')))
 
 
 def open_data_source(tfds_name: str, *, split: str,
