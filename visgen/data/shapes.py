@@ -323,10 +323,12 @@ def sample_scene(
   if not 1 <= n <= MAX_OBJECTS:
     raise ValueError(f'num_objects must be in [1, {MAX_OBJECTS}], got {n}.')
   bg = sample_background(rng)
-  while True:
+  for _ in range(10_000):
     scene = Scene(tuple(sample_object(rng, resolution) for _ in range(n)), bg)
     if visible_enough(scene, resolution):
       return scene
+  raise RuntimeError(f'Could not place {n} visible objects at resolution '
+                     f'{resolution}; use a larger resolution.')
 
 
 def render_example(scene: Scene, resolution: int) -> dict[str, np.ndarray]:
