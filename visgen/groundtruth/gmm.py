@@ -43,7 +43,8 @@ class GaussianMixture:
 
   @property
   def num_classes(self):
-    return 0 if self.labels is None else int(np.max(self.labels)) + 1
+    # np.asarray: the labels are concrete even when used inside jit.
+    return 0 if self.labels is None else int(np.asarray(self.labels).max()) + 1
 
   # ---- data ----------------------------------------------------------------
   def sample(self, key, n, label=None):
