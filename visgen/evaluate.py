@@ -57,7 +57,8 @@ def _fmt(v) -> str:
                                       ) else repr(v)
 
 
-def print_result(result: dict, file=sys.stdout) -> None:
+def print_result(result: dict, file=None) -> None:
+  file = file or sys.stdout
   names = result['names']
   if result['feature_net'] != 'inception':
     print(f'Feature net: {result["feature_net"]} (these are not Inception '
