@@ -16,16 +16,16 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False)
   c = config_lib.base_config()
   c.seed = 0
-  c.total_steps = 6000
-  c.log_every = 500
-  c.ckpt_every = 2000
+  c.total_steps = 3000
+  c.log_every = 250
+  c.ckpt_every = 1000
   c.ema_decays = (0.999,)
   c.ema_warmup = True
 
   c.data = dict(name='digits', size=8, batch_size=256)
   c.task = dict(name='generation', num_classes=10, label_dropout=0.1,
                 flatten=True, x_shape=(8, 8, 1))
-  c.model = dict(name='mlp', dim=64, width=512, depth=4, num_classes=10,
+  c.model = dict(name='mlp', dim=64, width=384, depth=4, num_classes=10,
                  dtype='float32')
   c.path = dict(name='linear')
   c.prediction = 'velocity'
@@ -33,9 +33,10 @@ def get_config(arg=None):
   c.time_dist = dict(name='uniform')
   c.optim = config_lib.optim(lr=1e-3, warmup_steps=200, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name='heun', steps=32, cfg_scale=1.0)
+  c.sampler = dict(name='heun', steps=32, cfg_scale=1.5)
   c.num_grid_samples = 100
-  c.eval = dict(class_accuracy=dict(num_per_class=100, batch=500, fid=True))
+  c.eval = dict(features=dict(feature_net='digits', reference='digits:test',
+                              num_samples=1000, batch=500))
 
   if arg.runlocal:
     c.total_steps = 4

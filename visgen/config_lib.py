@@ -128,3 +128,46 @@ def base_config() -> mlc.ConfigDict:
   c.sharding = mesh_and_sharding('dp')
   c.frozen = mlc.ConfigDict()
   return c
+
+
+def cifar10(c: mlc.ConfigDict, *, runlocal: bool, batch_size: int = 128,
+            num_classes: int = 0, flip: bool = True) -> mlc.ConfigDict:
+  """CIFAR-10 32x32x3 through TFDS; runlocal swaps in tiny mock data.
+
+  The full run needs CIFAR-10 prepared for TFDS (the data source's error
+  says how). `runlocal` uses the procedural 'shapes' scenes at 8x8 RGB
+  (4 classes), which need no download, with a 4-step run.
+  """
+  c.data = dict(name='cifar10', batch_size=batch_size, flip=flip)
+  c.task = dict(name='generation', num_classes=num_classes,
+                label_dropout=0.1 if num_classes else 0.0,
+                x_shape=(32, 32, 3))
+  c.eval = dict(features=dict(feature_net='inception',
+                              reference='cifar10:train',
+                              num_samples=50_000, batch=500))
+  if runlocal:
+    c.data = dict(name='shapes', resolution=8, num_examples=64,
+                  batch_size=8, flip=flip)
+    c.task.x_shape = (8, 8, 3)
+    c.task.num_classes = min(num_classes, 4)
+    runlocal_common(c)
+  return c
+
+
+def runlocal_common(c: mlc.ConfigDict) -> None:
+  """Seconds-long run settings shared by every config's runlocal variant."""
+  c.total_steps = 2
+  c.log_every = 1
+  c.ckpt_every = 2
+  c.num_grid_samples = 8 if not c.task.get('num_classes') else (
+      2 * c.task.num_classes)
+  c.sampler.steps = 2
+  c.eval = {}
+
+
+def tiny_unet(c: mlc.ConfigDict) -> None:
+  """Shrinks a U-Net config to a test-sized one (runlocal)."""
+  c.model.update(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), num_heads=2,
+                 input_size=c.task.x_shape[0],
+                 num_classes=c.task.get('num_classes', 0))

@@ -116,6 +116,19 @@ class Progress:
             f'{rate:.2f} steps/s  ETA {_fmt_time(eta)}'), rate
 
 
+class _DropLibraryInfo:
+  """Filters INFO records of chatty libraries (Orbax logs every save step)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or 'orbax' not in record.pathname
+
+
+def quiet_library_logs():
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
+
+
 def log_parameter_overview(params) -> int:
   """Logs a table of parameter shapes and sizes; returns the count."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top

@@ -47,6 +47,9 @@ def _maybe_init_distributed():
 def main(argv):
   del argv
   _maybe_init_distributed()
+  from visgen import logging_lib  # pylint: disable=g-import-not-at-top
+
+  logging_lib.quiet_library_logs()
   from visgen import sample  # pylint: disable=g-import-not-at-top
   from visgen import train  # pylint: disable=g-import-not-at-top
 

@@ -37,7 +37,7 @@ def draw(config, b, mesh, params, rng, *, num: int, batch: int,
   """
   task = b['task']
   fn = train_lib.make_sample_fn(b, mesh, batch)
-  guidance = jnp.float32(config.sampler.get('cfg_scale', 0.0))
+  guidance = jnp.float32(config.sampler.get('cfg_scale', 1.0))
   if labels is None and task.num_classes:
     labels = np.arange(num, dtype=np.int32) % task.num_classes
   out = []
@@ -52,21 +52,36 @@ def draw(config, b, mesh, params, rng, *, num: int, batch: int,
   return images, (labels if labels is not None else np.zeros((0,), np.int32))
 
 
-@EVALS.register('class_accuracy')
-def class_accuracy(config, b, mesh, params, rng, *, num_per_class: int = 50,
-                   batch: int = 250, **kw) -> dict[str, float]:
-  """Fraction of class-conditional samples the digits classifier agrees with.
+@EVALS.register('features')
+def feature_metrics(config, b, mesh, params, rng, *, feature_net='digits',
+                    reference='digits:test', num_samples=500, batch=250,
+                    image_size=None) -> dict[str, float]:
+  """The evaluator engineer's `InLoopEvaluator` on fresh EMA samples.
 
-  With `fid=True`, also digits-feature FID / precision / recall against the
-  test split and their real-against-real floor (evaluator's `digits_fid`).
+  Reports feature-space FID / precision / recall (and their real-against-
+  real floors) and, for class-conditional tasks, `class_accuracy`: the
+  fraction of samples the feature net's classifier (trained on the real
+  train split) labels with the class they were drawn for.
   """
-  from visgen.evaluators import digits  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import in_loop  # pylint: disable=g-import-not-at-top
 
-  num = num_per_class * b['task'].num_classes
-  images, labels = draw(config, b, mesh, params, rng, num=num, batch=batch)
-  out = {'class_accuracy': float(digits.class_accuracy(images, labels))}
-  if kw.get('fid') and hasattr(digits, 'feature_metrics'):
-    out.update(digits.feature_metrics(images))
+  task = b['task']
+  fn = train_lib.make_sample_fn(b, mesh, batch)
+  guidance = jnp.float32(config.sampler.get('cfg_scale', 1.0))
+
+  def sample_fn(key, n):
+    labels = np.arange(batch, dtype=np.int32) % max(task.num_classes, 1)
+    cond = {'label': labels} if task.num_classes else {}
+    x = preprocess.to_uint8(fn(params, cond, key, guidance))[:n]
+    return (x, labels[:n]) if task.num_classes else x
+
+  evaluator = in_loop.InLoopEvaluator(
+      feature_net=feature_net, reference=reference, num_samples=num_samples,
+      image_size=image_size or task.x_shape[0], batch_size=batch)
+  out = evaluator.run(sample_fn, rng)
+  key = f'{feature_net}_class_accuracy'
+  if key in out:
+    out['class_accuracy'] = out[key]
   return out
 
 

@@ -102,6 +102,36 @@ def get_source(cfg, split: str):
   return data.get_source(name, split=split, **kw)
 
 
+def load_train_source(config):
+  """The training source, after checking every external input exists.
+
+  Latent-space configs (`config.autoencoder`) need both the dataset and the
+  autoencoder weight file; when either is missing the error names both, so
+  one message says everything there is to prepare.
+  """
+  ae = config.get('autoencoder')
+  if not ae:
+    return get_source(config.data, 'train')
+  problems = []
+  ae_path = os.path.expanduser(ae.path)
+  if not os.path.exists(ae_path):
+    problems.append(f'autoencoder weight file not found: {ae_path} (set '
+                    f'--config.autoencoder.path; {ae.name} weights)')
+  try:
+    source = get_source(config.data, 'train')
+  except Exception as e:  # pylint: disable=broad-except
+    problems.append(f'dataset {config.data.name!r} unavailable: {e}')
+  if problems:
+    raise FileNotFoundError(
+        'This latent-space config needs (1) the dataset '
+        f'{config.data.name!r} prepared for TFDS and (2) the autoencoder '
+        f'weight file {ae_path}. Missing:\n  - ' + '\n  - '.join(problems))
+  raise NotImplementedError(
+      'Encoding images with a frozen autoencoder inside the loop is not '
+      'implemented yet; pre-encode the dataset with visgen.data.latents and '
+      f'train on the latents ({len(source)} images found).')
+
+
 def first_ema(state) -> Any:
   """The EMA params of the first decay (or the raw params without EMA)."""
   return next(iter(state['ema'].values())) if state['ema'] else (
@@ -144,7 +174,7 @@ def train_and_evaluate(config, workdir: str, *,
   writer = logging_lib.MetricWriter(workdir)
 
   # -- Input pipeline -----------------------------------------------------------
-  source = get_source(config.data, 'train')
+  source = load_train_source(config)
   data_iter = pipeline.make_iterator(
       source, batch_size=config.data.batch_size, seed=config.seed,
       flip=config.data.get('flip', False),
@@ -179,7 +209,7 @@ def train_and_evaluate(config, workdir: str, *,
   step_rng = jax.random.fold_in(rng, 2)
   n_grid = int(config.get('num_grid_samples', 100))
   sample_grid = make_sample_fn(b, mesh, n_grid)
-  guidance = float(config.sampler.get('cfg_scale', 0.0))
+  guidance = float(config.sampler.get('cfg_scale', 1.0))
 
   def write_grid(st, step, path=None):
     if not n_grid:  # Tests and benchmarks may skip sampling.

@@ -119,21 +119,38 @@ class GenerationTask:
     return self.num_classes if self.num_classes else int(np.sqrt(n))
 
   def sample(self, apply, params, frozen, cond: dict, key: jax.Array, *,
-             n: int, guidance: Any = 0.0) -> jax.Array:
+             n: int, guidance: Any = 1.0) -> jax.Array:
     """n samples in data space; `guidance` (CFG scale) may be traced.
 
-    The CFG combinator mixes the conditional and null-class predictions,
-    on all channels, as u + s * (c - u); s = 0 is the plain conditional model.
+    Classifier-free guidance on all channels: u + s * (c - u) with the null
+    class as u, so s = 1 is the plain conditional model (DiT's convention).
     """
     del frozen
     denoise = lambda x_t, t, c: apply(params, x_t, t, c)
     if self.num_classes:
-      denoise = samplers.cfg(denoise, scale=guidance, null_cond={
-          'label': jnp.full((n,), self.num_classes, jnp.int32)})
+      denoise = guided(denoise, scale=guidance, null_class=self.num_classes)
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
     name, kw = _named(self.sampler_cfg)
-    kw = {k: v for k, v in kw.items() if k not in ('cfg_scale', 'num_samples')}
+    kw = {k: v for k, v in kw.items() if k not in ('cfg_scale',)}
+    steps = kw.pop('steps')
+    ts = samplers.make_grid(kw.pop('grid', 'uniform'), steps, path=self.path)
     x = samplers.sample(name, denoise, key=key, shape=shape, cond=cond,
-                        path=self.path, prediction=self.prediction, **kw)
+                        path=self.path, prediction=self.prediction, ts=ts,
+                        **kw)
     return self.from_x(x)
+
+
+def guided(denoise, *, scale, null_class: int):
+  """Classifier-free guidance: one batched call on (cond, null) halves."""
+
+  def fn(x_t, t, cond):
+    n = x_t.shape[0]
+    labels = jnp.concatenate(
+        [cond['label'], jnp.full((n,), null_class, jnp.int32)])
+    both = denoise(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                   dict(cond, label=labels))
+    c, u = both[:n], both[n:]
+    return u + scale * (c - u)
+
+  return fn
