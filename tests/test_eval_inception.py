@@ -22,6 +22,20 @@ def test_missing_weights_names_path_and_command(tmp_path):
   assert 'python -m visgen.evaluators.convert_inception' in str(err.value)
 
 
+def test_cli_without_weights_says_how_to_make_them(tmp_path, monkeypatch):
+  from visgen import evaluate  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
+
+  path = str(tmp_path / 'missing.npz')
+  monkeypatch.setenv('VISGEN_INCEPTION_NPZ', path)
+  monkeypatch.setattr(feature_nets, '_LOADED', {})
+  batch = str(tmp_path / 'b.npz')
+  np.savez(batch, np.zeros((4, 8, 8, 3), np.uint8))
+  with pytest.raises(SystemExit) as err:
+    evaluate.main([batch, batch])
+  assert path in str(err.value) and 'convert_inception' in str(err.value)
+
+
 def test_tf1_resize_matches_legacy_formula():
   # 2 -> 4 upsampling: src = dst * 2/4 = 0, .5, 1, 1.5 (clamped right edge).
   x = np.array([10.0, 30.0], np.float32).reshape(1, 1, 2, 1)

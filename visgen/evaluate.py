@@ -83,8 +83,11 @@ def main(argv=None) -> None:
                       choices=feature_nets.FEATURE_NETS.names())
   parser.add_argument('--out', default=None, help='write metrics JSON here')
   args = parser.parse_args(argv)
-  result = evaluate(args.ref_batch, args.sample_batch,
-                    feature_net=args.feature_net)
+  try:
+    result = evaluate(args.ref_batch, args.sample_batch,
+                      feature_net=args.feature_net)
+  except FileNotFoundError as e:  # missing batch or Inception weights
+    raise SystemExit(f'error: {e}') from e
   print_result(result)
   if args.out:
     with open(args.out, 'w') as f:

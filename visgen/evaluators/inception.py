@@ -434,8 +434,20 @@ class InceptionFeatures:
     self._state = state
 
   def __call__(self, images_NxHxWxC: np.ndarray) -> dict[str, np.ndarray]:
-    outs = []
-    for s in range(0, images_NxHxWxC.shape[0], self.batch_size):
-      batch = images_NxHxWxC[s : s + self.batch_size]
-      outs.append(jax.device_get(self._apply(self._state, batch)))
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return run_padded(self._apply, self._state, images_NxHxWxC,
+                      self.batch_size)
+
+
+def run_padded(apply_fn, state, images, batch_size: int) -> dict:
+  """apply_fn over fixed-size batches (the last zero-padded): one compile."""
+  images = np.asarray(images)
+  outs = []
+  for s in range(0, images.shape[0], batch_size):
+    batch = images[s : s + batch_size]
+    n = batch.shape[0]
+    if n < batch_size:
+      pad = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
+      batch = np.concatenate([batch, pad])
+    out = jax.device_get(apply_fn(state, batch))
+    outs.append({k: v[:n] for k, v in out.items()})
+  return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -1,33 +1,23 @@
 r"""Builds an ADM reference batch from a dataset split.
 
   python -m visgen.evaluators.make_reference --dataset=digits --split=test \
-      --feature_net=digits --out=REF.npz [--size=16] [--num_examples=N]
+      --feature-net=digits --out=REF.npz [--size=16] [--num-examples=N]
 
 Writes `arr_0` (uint8 NHWC images), `label` when the split has labels, and
 the statistics `mu, sigma` (pool features) and `mu_s, sigma_s` (spatial
 features, Inception only) of the whole written split on `--feature_net`,
 with `feature_net` naming the network (`visgen.evaluate` uses the statistics
-only with that network). `--feature_net=none` writes images only.
+only with that network). `--feature-net=none` writes images only.
 """
 
-from absl import app
-from absl import flags
+import argparse
+
 import numpy as np
 
 from visgen.evaluators import batch_io
 from visgen.evaluators import compare
 from visgen.evaluators import datasets
 from visgen.evaluators import feature_nets
-
-_DATASET = flags.DEFINE_string('dataset', 'digits', 'Registered dataset.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Split to write.')
-_SIZE = flags.DEFINE_integer('size', None, 'Image side (dataset default).')
-_NUM = flags.DEFINE_integer('num_examples', None, 'First N examples only.')
-_NET = flags.DEFINE_string('feature_net', None,
-                           'Net for statistics (default: dataset net for '
-                           'digits/shapes, inception otherwise); none = skip.')
-_OUT = flags.DEFINE_string('out', None, 'Output .npz.', required=True)
-
 
 def make_reference(path: str, *, dataset: str, split: str,
                    size: int | None = None, num_examples: int | None = None,
@@ -50,13 +40,25 @@ def make_reference(path: str, *, dataset: str, split: str,
   return {k: v for k, v in extra.items() if v is not None}
 
 
-def main(argv):
-  del argv
-  written = make_reference(_OUT.value, dataset=_DATASET.value,
-                           split=_SPLIT.value, size=_SIZE.value,
-                           num_examples=_NUM.value, feature_net=_NET.value)
-  print(f'Wrote {_OUT.value}: arr_0 and {sorted(written)}.')
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m visgen.evaluators.make_reference')
+  parser.add_argument('--dataset', default='digits')
+  parser.add_argument('--split', default='test')
+  parser.add_argument('--size', type=int, default=None,
+                      help='image side (dataset default)')
+  parser.add_argument('--num-examples', '--num_examples', type=int,
+                      default=None, help='first N examples only')
+  parser.add_argument('--feature-net', '--feature_net', default=None,
+                      help='net for the statistics (default: the dataset '
+                      'net for digits/shapes, else inception); none = skip')
+  parser.add_argument('--out', required=True, help='output .npz')
+  args = parser.parse_args(argv)
+  written = make_reference(args.out, dataset=args.dataset, split=args.split,
+                           size=args.size, num_examples=args.num_examples,
+                           feature_net=args.feature_net)
+  print(f'Wrote {args.out}: arr_0 and {sorted(written)}.')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
