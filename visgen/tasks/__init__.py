@@ -19,6 +19,7 @@ TASKS = Registry('task')
 
 # Built-in tasks register themselves on import.
 from visgen.tasks import generation  # pylint: disable=wrong-import-position
+from visgen.tasks import noisy_classifier  # pylint: disable=wrong-import-position
 
 
 def get_task(config):
