@@ -1,0 +1,82 @@
+"""The sampler registry and the applicability checks shared by samplers.
+
+A registered sampler is a `SamplerSpec`: `fn(view, x, ts, key, **options) ->
+(x, info)` with `view` a `denoiser.DenoiserView`, `x` the state at `ts[0]`,
+`ts` a decreasing time grid and `info` a dict holding at least 'nfe'. `check`
+returns None when the sampler applies to a path (and static options), else
+the reason it does not, so that an invalid combination fails with a message
+before anything is traced instead of producing NaNs.
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from visgen import registry
+
+SAMPLERS = registry.Registry('sampler')
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  fn: Callable
+  check: Callable
+  stochastic: bool
+  summary: str
+
+
+def register(name, *, stochastic, summary, checks=()):
+  """Registers `fn` as sampler `name` with applicability `checks`."""
+
+  def check(path, options):
+    for c in checks:
+      reason = c(path, options)
+      if reason:
+        return reason
+    return None
+
+  def decorator(fn):
+    SAMPLERS.register(name)(SamplerSpec(fn, check, stochastic, summary))
+    return fn
+
+  return decorator
+
+
+def _alpha(path, t):
+  with jax.ensure_compile_time_eval():  # static check, also under jit
+    return float(path.alpha(jnp.float32(t)))
+
+
+def not_bridge(path, options):
+  del options
+  if path.is_bridge:
+    return ('it is deterministic or assumes the Markov forward process of an '
+            "ordinary path; a bridge's probability-flow ODE is singular at "
+            'its endpoint (d sigma / dt -> inf) and maps all samples of one '
+            "source to nearly one output. Use 'bridge_heun' (DDBM: a "
+            "stochastic step, then Heun) or 'euler_maruyama'.")
+  return None
+
+
+def alpha_positive(path, options):
+  """For samplers that divide by alpha(t) (drift f = alpha' / alpha, or
+  EDM's x / alpha): refuse paths whose alpha vanishes at t_max."""
+  del options
+  a = _alpha(path, path.t_max)
+  if not a > 1e-6:
+    return (f'it divides by alpha(t), which is {a:.3g} at t_max = '
+            f'{path.t_max}. Build the path with a smaller t_max (e.g. '
+            f"get_path('{path.name}', t_max=0.999)) or use an ODE / "
+            "'ddim' / 'ddpm' / 'dpm_solver_2m' sampler.")
+  return None
+
+
+def variance_exploding(path, options):
+  del options
+  ts = (path.t_min, 0.5 * (path.t_min + path.t_max), path.t_max)
+  if path.is_bridge or any(abs(_alpha(path, t) - 1.0) > 1e-6 for t in ts):
+    return ("annealed Langevin dynamics (NCSN) moves between noise levels "
+            "without rescaling x, so it needs alpha(t) = 1 ('ve', 'edm').")
+  return None

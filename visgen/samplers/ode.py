@@ -1,0 +1,37 @@
+"""Probability-flow ODE samplers: Euler, Heun, RK4 and adaptive Dormand-Prince.
+
+The PF-ODE in visgen's convention (t = 0 data) is dx/dt = v(x, t) with the
+velocity v = alpha' x0_hat + sigma' eps_hat (+ gamma' y), integrated from
+ts[0] = t_max down to ts[-1] = t_min. For Score-SDE's linear SDEs this is
+f(t) x - g(t)^2 / 2 * score (e.g. VP: -beta/2 (x + score)).
+"""
+
+from visgen.samplers import base
+from visgen.samplers import odeint
+
+
+def _ode(method):
+  def fn(view, x, ts, key):
+    del key
+    x, nfe = odeint.integrate_grid(method, view.velocity_fn_t, x, ts)
+    return x, dict(nfe=nfe)
+  return fn
+
+
+for _name, _nfe in (('euler', 1), ('heun', 2), ('rk4', 4)):
+  base.register(_name, stochastic=False, checks=(base.not_bridge,),
+                summary=f'PF-ODE, {_name} ({_nfe} NFE per step)')(
+                    _ode(_name))
+
+
+@base.register('dopri5', stochastic=False, checks=(base.not_bridge,),
+               summary='PF-ODE, adaptive Dormand-Prince 5(4)')
+def dopri5(view, x, ts, key, *, rtol=1e-4, atol=1e-4, max_steps=1000):
+  """Adaptive PF-ODE solve from ts[0] to ts[-1]; only the grid ends are used.
+
+  info['nfe'] is the traced number of velocity evaluations.
+  """
+  del key
+  x, info = odeint.dopri5(view.velocity_fn_t, x, ts[0], ts[-1], rtol=rtol,
+                          atol=atol, max_steps=max_steps)
+  return x, info
