@@ -4,3 +4,5 @@ from visgen.groundtruth.gmm import GaussianMixture
 from visgen.groundtruth.gmm import make_mixture
 
 __all__ = ['GaussianMixture', 'make_mixture']
+from visgen.groundtruth.distances import mmd_rbf  # noqa: E402
+from visgen.groundtruth.distances import sliced_wasserstein  # noqa: E402

@@ -118,7 +118,9 @@ class Path:
     return x_t
 
   def prior_std(self):
-    return float(self.sigma(jnp.float32(self.t_max)))
+    # A Python float: the path's constants are static, also under jit.
+    with jax.ensure_compile_time_eval():
+      return float(self.sigma(jnp.float32(self.t_max)))
 
   def prior_mean(self, y=None, shape=None):
     if self.is_bridge:
