@@ -64,7 +64,8 @@ def test_cli_round_trip_on_digits(tmp_path, capsys):
     assert str(f['feature_net']) == 'digits' and f['mu'].shape == (128,)
     ref_images = f['arr_0']
   same, out = str(tmp_path / 'same.npz'), str(tmp_path / 'm.json')
-  np.savez(same, ref_images)
+  labels = digits.load_digits_split('test', size=16)['label']
+  np.savez(same, ref_images, labels)  # arr_1: classes, as visgen.sample
   evaluate.main([ref, same, '--feature-net=digits', f'--out={out}'])
   printed = capsys.readouterr().out
   result = json.load(open(out))
@@ -72,6 +73,7 @@ def test_cli_round_trip_on_digits(tmp_path, capsys):
   assert abs(result['fid']) < 1e-6  # precomputed stats vs streamed stats
   assert result['precision'] == 1.0 and result['recall'] == 1.0
   assert result['sfid'] is None and result['ref_stats_precomputed']
+  assert result['class_accuracy'] > 0.95
   assert 'digits-FID: ' in printed and '\nFID: ' not in printed
   floor = result['floor']
   assert floor['num_ref'] == 1500 and floor['num_samples'] == 297
@@ -82,6 +84,7 @@ def test_cli_round_trip_on_digits(tmp_path, capsys):
   evaluate.main([ref, blank, '--feature-net=digits', f'--out={out}'])
   bad = json.load(open(out))
   assert bad['fid'] > 10 * floor['fid'] and bad['precision'] < 0.05
+  assert bad['class_accuracy'] is None
 
 
 def test_in_loop_evaluator_runs_without_disk():

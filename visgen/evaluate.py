@@ -17,13 +17,16 @@ carries the net ("digits-FID: ...") and the real-against-real floor (the
 net's dataset, train split vs test split, at the samples' resolution) is
 printed beside it. `--out` writes JSON with the keys fid, sfid,
 inception_score, precision, recall, kid (null where undefined for the net),
-plus feature_net, names, num_ref, num_samples and floor.
+plus feature_net, names, num_ref, num_samples, floor, and class_accuracy
+(trained nets, when the sample batch has visgen's `arr_1` labels).
 """
 
 import argparse
 import json
 import math
 import sys
+
+import numpy as np
 
 from visgen.evaluators import batch_io
 from visgen.evaluators import compare
@@ -41,6 +44,15 @@ def evaluate(ref_path: str, sample_path: str, *,
       ref_path, feature_net)
   sample = compare.gather(net, sample_images)
   result = compare.metrics_between(ref, sample)
+  result['class_accuracy'] = None
+  with np.load(sample_path) as f:
+    labels = f['arr_1'] if 'arr_1' in f.files else None
+  if labels is not None and net.metric_prefix and len(labels) == len(
+      sample_images):
+    # visgen's class-conditional sample batches store the requested classes
+    # in arr_1; the trained classifier says how many it recognises.
+    pred = np.argmax(np.concatenate(sample.logits), -1)
+    result['class_accuracy'] = float(np.mean(pred == labels))
   result.update(
       feature_net=feature_net,
       names=compare.display_names(net),
@@ -65,6 +77,9 @@ def print_result(result: dict, file=None) -> None:
           'metrics)', file=file)
   for key in compare.METRIC_KEYS:
     print(f'{names[key]}: {_fmt(result[key])}', file=file)
+  if result.get('class_accuracy') is not None:
+    print(f'{result["feature_net"]}-class accuracy: '
+          f'{result["class_accuracy"]!r}', file=file)
   floor = result.get('floor')
   if floor:
     print(f'Real-against-real floor ({result["feature_net"]} train split '
