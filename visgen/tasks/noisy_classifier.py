@@ -57,6 +57,7 @@ class NoisyClassifierTask:
     self.latent_scale = float(t.get('latent_scale', 1.0))
     self.x_shape = tuple(t.x_shape)
     self.clean = bool(t.get('clean', False))
+    self.batch_keys = (self.data_key, 'label')
     name, kw = _named(config.path)
     self.path = interpolants.get_path(name, **kw)
     name, kw = _named(config.get('time_dist', 'uniform'))
