@@ -10,7 +10,9 @@ import os
 import numpy as np
 import pytest
 
+from visgen import evaluate
 from visgen.evaluators import convert_inception
+from visgen.evaluators import feature_nets
 from visgen.evaluators import inception
 
 
@@ -23,9 +25,6 @@ def test_missing_weights_names_path_and_command(tmp_path):
 
 
 def test_cli_without_weights_says_how_to_make_them(tmp_path, monkeypatch):
-  from visgen import evaluate  # pylint: disable=g-import-not-at-top
-  from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
-
   path = str(tmp_path / 'missing.npz')
   monkeypatch.setenv('VISGEN_INCEPTION_NPZ', path)
   monkeypatch.setattr(feature_nets, '_LOADED', {})

@@ -55,7 +55,7 @@ class StreamingImages:
     return self.shape[0]
 
   def batches(self, batch_size: int):
-    """Yields consecutive (<= batch_size, H, W, C) arrays, reading sequentially."""
+    """Yields consecutive (<= batch_size, H, W, C) arrays, read in order."""
     per_item = int(np.prod(self.shape[1:]))
     with self._open() as f:
       f.read(self._offset)  # zip members are streams: skip the header

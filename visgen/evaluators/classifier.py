@@ -4,7 +4,8 @@ Input: uint8 NHWC images of any size, converted to the network's fixed
 `input_size` and channel count by `prepare` (bilinear `jax.image.resize`,
 antialiased when shrinking; RGB -> grey is the channel mean, grey -> RGB is
 repetition), scaled to [-1, 1] as x / 127.5 - 1. Three 3x3 convs (strides 1,
-2, 2) with GELU, global average pooling, a dense `feature_dim` layer with GELU
+2, 2; the first may be 2) with GELU, global average pooling (plus max pooling
+if asked), a dense `feature_dim` layer with GELU
 (the *feature space* of digits-FID etc.), then a class head and an optional
 multi-label attribute head.
 """
@@ -36,14 +37,19 @@ class FeatureCNN(nnx.Module):
 
   def __init__(self, *, channels: int, widths: tuple[int, ...],
                feature_dim: int, num_classes: int, num_attributes: int,
+               first_stride: int = 1, max_pool: bool = False,
                rngs: nnx.Rngs):
     chans = (channels,) + tuple(widths)
     self.convs = nnx.List([
-        nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=(1 if i == 0 else 2),
-                 rngs=rngs)
+        nnx.Conv(chans[i], chans[i + 1], (3, 3),
+                 strides=(first_stride if i == 0 else 2), rngs=rngs)
         for i in range(len(widths))
     ])
-    self.dense = nnx.Linear(widths[-1], feature_dim, rngs=rngs)
+    # Max pooling answers "is X anywhere in the image" (scene attributes);
+    # it is concatenated to the average pool.
+    self.max_pool = max_pool
+    pooled = widths[-1] * (2 if max_pool else 1)
+    self.dense = nnx.Linear(pooled, feature_dim, rngs=rngs)
     self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
     self.attr_head = (nnx.Linear(feature_dim, num_attributes, rngs=rngs)
                       if num_attributes else None)
@@ -52,7 +58,10 @@ class FeatureCNN(nnx.Module):
     h = x_NxHxWxC
     for conv in self.convs:
       h = jax.nn.gelu(conv(h))
-    features = jax.nn.gelu(self.dense(jnp.mean(h, axis=(1, 2))))
+    pooled = jnp.mean(h, axis=(1, 2))
+    if self.max_pool:
+      pooled = jnp.concatenate([pooled, jnp.max(h, axis=(1, 2))], -1)
+    features = jax.nn.gelu(self.dense(pooled))
     out = dict(features=features, logits=self.head(features))
     if self.attr_head is not None:
       out['attr_logits'] = self.attr_head(features)

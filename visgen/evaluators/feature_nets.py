@@ -38,6 +38,7 @@ import optax
 
 from visgen import registry
 from visgen.evaluators import classifier
+from visgen.evaluators import compare
 from visgen.evaluators import datasets
 from visgen.evaluators import inception
 
@@ -56,6 +57,8 @@ class Recipe:
   num_classes: int
   num_attributes: int
   widths: tuple[int, ...] = (16, 32, 64)
+  first_stride: int = 1
+  max_pool: bool = False
   feature_dim: int = 128
   num_train: int | None = None
   num_test: int | None = None
@@ -104,7 +107,8 @@ def _build(recipe: Recipe, seed: int) -> classifier.FeatureCNN:
   return classifier.FeatureCNN(
       channels=recipe.channels, widths=recipe.widths,
       feature_dim=recipe.feature_dim, num_classes=recipe.num_classes,
-      num_attributes=recipe.num_attributes, rngs=nnx.Rngs(seed))
+      num_attributes=recipe.num_attributes, first_stride=recipe.first_stride,
+      max_pool=recipe.max_pool, rngs=nnx.Rngs(seed))
 
 
 def _train(recipe: Recipe) -> classifier.FeatureCNN:
@@ -226,9 +230,6 @@ class TrainedNet:
     """Real-against-real metrics: train split (ref) vs test split (sample)."""
     key = str(size)
     if key not in self.meta['floors']:
-      # Imported here: compare.py imports this module for `get_feature_net`.
-      from visgen.evaluators import compare  # pylint: disable=g-import-not-at-top
-
       train = _split_data(self.recipe, 'train', size)
       test = _split_data(self.recipe, 'test', size)
       m = compare.compare(self, ref_images=train['image'],

@@ -303,7 +303,7 @@ class BlockE(nnx.Module):
 
 
 class InceptionV3(nnx.Module):
-  """FID Inception-v3; `__call__` maps preprocessed 299x299 input to features."""
+  """FID Inception-v3: preprocessed 299x299 input -> features."""
 
   def __init__(self, params):
     self.stem = _Chain(params, ['conv', 'conv_1', 'conv_2'])
