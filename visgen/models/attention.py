@@ -19,12 +19,17 @@ IMPLS = ('xla', 'dpa')
 
 
 def attention_xla(q, k, v, *, dtype, return_attn: bool = False):
-  """q, k, v: (B, N, H, Dh) -> (B, N, H, Dh) [, probs (B, H, N, N)]."""
+  """q, k, v: (B, H, N, Dh) -> (B, H, N, Dh) [, probs (B, H, N, N)].
+
+  Head-major operands make (B, H) the leading batch dimensions of both
+  batched matmuls, which XLA's CPU dot kernels need; token-major einsums
+  ('bqhd,bkhd') made XLA insert a transpose around every attention matmul.
+  """
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('bqhd,bkhd->bhqk', (q * scale).astype(dtype),
+  logits = jnp.einsum('bhqd,bhkd->bhqk', (q * scale).astype(dtype),
                       k.astype(dtype), preferred_element_type=jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype),
+  out = jnp.einsum('bhqk,bhkd->bhqd', probs.astype(dtype), v.astype(dtype),
                    preferred_element_type=jnp.float32)
   return out, (probs if return_attn else None)
 
@@ -50,11 +55,17 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x: jax.Array, *, return_attn: bool = False):
     b, n, d = x.shape
-    qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    h = self.heads
+    # Split the fused projection on its last axis: the gradient of a split
+    # is one concatenate, while indexing a middle (B, N, 3, H, Dh) axis
+    # made XLA build the qkv gradient from three padded copies.
+    q, k, v = (a.reshape(b, n, h, d // h)
+               for a in jnp.split(self.qkv(x), 3, axis=-1))
     if self.impl == 'xla' or return_attn:
+      q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
       out, probs = attention_xla(q, k, v, dtype=self.attn_dtype,
                                  return_attn=return_attn)
+      out = out.transpose(0, 2, 1, 3)
     else:
       dt = self.attn_dtype
       out = jax.nn.dot_product_attention(
