@@ -182,8 +182,13 @@ def train_and_evaluate(config, workdir: str, *,
   batch_axes = sharding.batch_axes(mesh, config.sharding.rules)
 
   def next_batch():
-    return pipeline.make_global_array(next(data_iter), mesh,
-                                      batch_axes=batch_axes)
+    # Only what the task consumes goes to the devices (scene datasets also
+    # carry captions, masks, keypoints, ...).
+    raw = next(data_iter)
+    keys = getattr(task, 'batch_keys', None) or [
+        k for k, v in raw.items() if np.asarray(v).dtype.kind in 'biuf']
+    local = {k: raw[k] for k in keys}
+    return pipeline.make_global_array(local, mesh, batch_axes=batch_axes)
 
   # -- Create or restore the state, directly sharded --------------------------
   rng = jax.random.key(config.seed)

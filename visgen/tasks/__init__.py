@@ -11,6 +11,8 @@ Interface (see `generation.GenerationTask`):
   task.sample(apply, params, frozen, cond, key, guidance) -> x in [-1, 1]
   task.sample_cond(n) -> cond dict for a grid (one row per class)
   task.x_shape -> per-example data shape
+  task.batch_keys -> (optional) batch entries sent to the devices; default:
+    every numeric entry
 """
 
 from visgen.registry import Registry

@@ -62,6 +62,9 @@ class GenerationTask:
     name, kw = _named(config.time_dist)
     self.time_dist = time_dists.get_time_dist(name, **kw)
     self.sampler_cfg = config.sampler
+    # The batch entries this task reads (others stay on the host).
+    self.batch_keys = (self.data_key,) + (
+        ('label',) if self.num_classes else ())
 
   # -- Batch -> (x0, cond) --------------------------------------------------
 
