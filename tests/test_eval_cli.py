@@ -43,6 +43,10 @@ def test_digits_net_accuracy_and_class_accuracy():
   assert got == pytest.approx(acc['label@16'])
   wrong = feature_nets.class_accuracy(test['image'], (test['label'] + 1) % 10)
   assert wrong < 0.05
+  # A second instance loads the cached file and computes the same features.
+  reloaded = feature_nets.TrainedNet('digits')
+  np.testing.assert_array_equal(reloaded(test['image'])['pool'],
+                                net(test['image'])['pool'])
 
 
 def test_streaming_reader_matches_np_load(tmp_path):
@@ -54,6 +58,17 @@ def test_streaming_reader_matches_np_load(tmp_path):
   np.testing.assert_array_equal(np.concatenate(parts), images)
   with pytest.raises(ValueError, match='uint8 NHWC'):
     batch_io.write_batch(path, images.astype(np.float32))
+
+
+def test_reference_stats_belong_to_their_network(tmp_path):
+  path = str(tmp_path / 'adm.npz')
+  mu, sigma = np.zeros(3), np.eye(3)
+  np.savez(path, np.zeros((2, 4, 4, 3), np.uint8), mu=mu, sigma=sigma,
+           mu_s=mu, sigma_s=sigma)  # ADM's layout: no feature_net key
+  pool, spatial = batch_io.read_reference_stats(path, 'inception')
+  np.testing.assert_array_equal(pool.sigma, sigma)
+  assert spatial is not None
+  assert batch_io.read_reference_stats(path, 'digits') == (None, None)
 
 
 def test_cli_round_trip_on_digits(tmp_path, capsys):

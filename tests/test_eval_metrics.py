@@ -120,3 +120,16 @@ def test_kid_hand_computed_and_identical():
   far = scores.kernel_inception_distance(
       features1=a, features2=b + 1.0, num_subsets=5, subset_size=500)
   assert far > 0.1
+
+
+def test_precision_recall_blocking_is_exact():
+  rng = np.random.default_rng(7)
+  ref, sam = rng.normal(size=(50, 3)), rng.normal(size=(40, 3)) + 0.5
+  whole = manifold.precision_recall(ref_features=ref, sample_features=sam)
+  blocked = manifold.precision_recall(ref_features=ref, sample_features=sam,
+                                      block=16)
+  assert whole == blocked
+  # Radii are ADM's: 4th smallest squared distance per row, self included.
+  d = ((ref[:, None] - ref[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(manifold.manifold_radii(ref, block=16),
+                             np.sort(d, 1)[:, 3], rtol=1e-5)

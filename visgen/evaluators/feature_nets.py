@@ -16,7 +16,8 @@ runs automatically on first use (digits: seconds; shapes: about a minute).
 * `shapes`: scene-attribute net for the procedural `shapes` world: a 4-way
   head for the dominant shape (`label`) and an 11-bit multi-label head (each
   of the 4 shapes present, each of the 6 colours present, some object large),
-  input 32x32 RGB. Features: the 128-d penultimate layer.
+  input 32x32 RGB, first conv stride 2, average and max pooling. Features:
+  the 128-d penultimate layer.
 * `inception`: the FID Inception port (pool 2048-d, sFID spatial, logits when
   the weight file has them).
 """
@@ -77,8 +78,8 @@ RECIPES = {
                      channels=1, num_classes=10, num_attributes=0),
     'shapes': Recipe(dataset='shapes', train_sizes=(32,), input_size=32,
                      channels=3, num_classes=4, num_attributes=11,
-                     widths=(32, 64, 128), num_train=8000, num_test=1000,
-                     steps=800),
+                     widths=(32, 64, 128), first_stride=2, max_pool=True,
+                     num_train=8000, num_test=1000, steps=1500),
 }
 
 
@@ -175,7 +176,8 @@ class TrainedNet:
       state = nnx.state(model)
       nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
       nnx.update(model, state)
-      self.meta = json.load(open(self._meta_path))
+      with open(self._meta_path) as f:
+        self.meta = json.load(f)
     else:
       t0 = time.time()
       model = _train(self.recipe)
@@ -184,11 +186,12 @@ class TrainedNet:
       self._model_graph = nnx.split(model)
       self.meta['test_accuracy'] = self._test_accuracy()
       os.makedirs(os.path.dirname(path), exist_ok=True)
+      self._save_meta()  # before the .npz, whose presence means "cached"
       flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
-      np.savez(path + '.npz',
-               **{'/'.join(map(str, k)): np.asarray(v) for k, v in
-                  flat.items()})
-      self._save_meta()
+      tmp = f'{path}.{os.getpid()}.tmp.npz'
+      np.savez(tmp, **{'/'.join(map(str, k)): np.asarray(v)
+                       for k, v in flat.items()})
+      os.replace(tmp, path + '.npz')  # atomic: concurrent runs never see half
     graphdef, state = nnx.split(model)
     recipe = self.recipe
 
@@ -218,8 +221,10 @@ class TrainedNet:
     return out
 
   def _save_meta(self):
-    with open(self._meta_path, 'w') as f:
+    tmp = f'{self._meta_path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
       json.dump(self.meta, f, indent=1, sort_keys=True)
+    os.replace(tmp, self._meta_path)
 
   def __call__(self, images_NxHxWxC: np.ndarray) -> dict[str, np.ndarray]:
     out = inception.run_padded(self._apply, self._state, images_NxHxWxC,
