@@ -312,24 +312,29 @@ def markdown(r: dict) -> str:
   return '\n'.join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file (visgen/bench_config.py[:args] or '
-    'configs/X.py[:args]).', lock_config=True)
-_OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
-_SAMPLE = flags.DEFINE_bool('sample', True, 'Also time sampling.')
-flags.DEFINE_bool('hugepages', True, 'Re-exec with GLIBC_TUNABLES='
-                  f'{HUGEPAGE_TUNABLE} (read before flag parsing).')
+def define_flags() -> dict:
+  """Defines the CLI flags (only when run as a program: visgen.main defines
+  its own --config, and both may be imported in one test process)."""
+  return dict(
+      config=config_flags.DEFINE_config_file(
+          'config', None, 'Config file (visgen/bench_config.py[:args] or '
+          'configs/X.py[:args]).', lock_config=True),
+      out=flags.DEFINE_string('out', None, 'Write the results JSON here.'),
+      sample=flags.DEFINE_bool('sample', True, 'Also time sampling.'),
+      hugepages=flags.DEFINE_bool(
+          'hugepages', True, 'Re-exec with GLIBC_TUNABLES='
+          f'{HUGEPAGE_TUNABLE} (read before flag parsing).'))
 
 
-def main(argv):
-  del argv
-  r = run(_CONFIG.value, sample=_SAMPLE.value)
+def main(flag_values: dict) -> None:
+  r = run(flag_values['config'].value, sample=flag_values['sample'].value)
   print(markdown(r))
-  if _OUT.value:
-    with open(_OUT.value, 'w') as f:
+  if flag_values['out'].value:
+    with open(flag_values['out'].value, 'w') as f:
       json.dump(r, f, indent=2, default=str)
 
 
 if __name__ == '__main__':
+  _FLAGS = define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(lambda argv: main(_FLAGS))
