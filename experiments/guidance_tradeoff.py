@@ -29,45 +29,33 @@ WORKDIR/grids/<guidance>_<scale>.png, and prints the Markdown table. Re-runs
 reuse both trained networks.
 """
 
+import argparse
 import json
 import os
 import time
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
 
 from visgen.classification import guided_sampling
 from visgen.evaluators import in_loop
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-_GEN_STEPS = flags.DEFINE_integer('generator_steps', 3000,
-                                  'Training steps of the generator.')
-_CLS_STEPS = flags.DEFINE_integer('classifier_steps', 2000,
-                                  'Training steps of the classifier.')
-_NUM = flags.DEFINE_integer('num_samples', 1000, 'Samples per row.')
-_CFG = flags.DEFINE_list('cfg_scales', ['0', '1.5', '2', '3', '5'],
-                         'Classifier-free guidance scales.')
-_CLS = flags.DEFINE_list('classifier_scales', ['0.5', '1', '2', '4'],
-                         'Classifier guidance scales.')
-_QUICK = flags.DEFINE_bool('quick', False,
-                           'Tiny run (tests): few steps and samples.')
-
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 
-def generator_config(steps: int):
-  c = guided_sampling.load_config(os.path.join(ROOT, 'configs/quickstart.py'))
+def generator_config(steps: int, *, runlocal: bool = False):
+  c = guided_sampling.load_config(os.path.join(ROOT, 'configs/quickstart.py')
+                                  + (':runlocal' if runlocal else ''))
   c.total_steps = steps
   c.eval = {}  # This experiment evaluates every row itself.
   c.ckpt_every = max(steps // 3, 1)
   return c
 
 
-def classifier_config(steps: int):
+def classifier_config(steps: int, *, runlocal: bool = False):
   c = guided_sampling.load_config(
-      os.path.join(ROOT, 'configs/digits_noisy_classifier.py'))
+      os.path.join(ROOT, 'configs/digits_noisy_classifier.py')
+      + (':runlocal' if runlocal else ''))
   c.total_steps = steps
   c.ckpt_every = max(steps // 2, 1)
   c.num_grid_samples = 0
@@ -97,15 +85,18 @@ def markdown(rows, floor) -> str:
 
 
 def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
-        cfg_scales, cls_scales, batch: int = 500) -> dict:
+        cfg_scales, cls_scales, batch: int = 500, runlocal: bool = False,
+        grids: bool = True) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   gen = guided_sampling.load_trained(
-      generator_config(gen_steps), os.path.join(workdir, 'generator'),
+      generator_config(gen_steps, runlocal=runlocal),
+      os.path.join(workdir, 'generator'),
       train_if_needed=True)
   t_gen = time.time() - t0
   cls = guided_sampling.load_trained(
-      classifier_config(cls_steps), os.path.join(workdir, 'classifier'),
+      classifier_config(cls_steps, runlocal=runlocal),
+      os.path.join(workdir, 'classifier'),
       train_if_needed=True)
   t_cls = time.time() - t0 - t_gen
   k = gen.task.num_classes
@@ -135,9 +126,10 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
           f'{row["precision"]:.3f}  R {row["recall"]:.3f}  acc '
           f'{row["class_accuracy"]:.3f}  ({row["wall_time_s"]} s)',
           flush=True)
-    sampler.write_grid(os.path.join(workdir, 'grids', f'{kind}_{scale:g}.png'),
-                       jax.random.key(7), kind=kind, scale=scale,
-                       per_class=10)
+    if grids:
+      sampler.write_grid(os.path.join(workdir, 'grids', f'{kind}_{scale:g}.png'),
+                         jax.random.key(7), kind=kind, scale=scale,
+                         per_class=10)
   floor = {k2: m[f'digits_{k2}_floor'] for k2 in ('fid', 'precision',
                                                   'recall', 'kid')}
   results = dict(
@@ -155,25 +147,44 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
                       step=cls.step),
       wall_time_s=dict(generator=round(t_gen, 1), classifier=round(t_cls, 1),
                        total=round(time.time() - t0, 1)))
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+  path = os.path.join(workdir, 'results.json')
+  # experiments.diffusion_classifier adds its keys to the same file when it
+  # shares the workdir: keep them.
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    results = dict(old, **results)
+  with open(path, 'w') as f:
     json.dump(results, f, indent=2)
   print(markdown(rows, floor))
   print(f"wall time: {results['wall_time_s']}")
   return results
 
 
-def main(argv):
-  del argv
-  if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required.')
-  if _QUICK.value:
-    run(_WORKDIR.value, gen_steps=20, cls_steps=20, num_samples=40,
-        cfg_scales=['0', '3'], cls_scales=['2'], batch=40)
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[1])
+  parser.add_argument('--workdir', required=True, help='Output directory.')
+  parser.add_argument('--generator_steps', type=int, default=3000)
+  parser.add_argument('--classifier_steps', type=int, default=2000)
+  parser.add_argument('--num_samples', type=int, default=1000,
+                      help='Samples per row.')
+  parser.add_argument('--cfg_scales', default='0,1.5,2,3,5',
+                      help='Classifier-free guidance scales (comma list).')
+  parser.add_argument('--classifier_scales', default='0.5,1,2,4',
+                      help='Classifier guidance scales (comma list).')
+  parser.add_argument('--quick', action='store_true',
+                      help="Smoke run: the configs' runlocal variants, few "
+                      'steps and samples.')
+  args = parser.parse_args(argv)
+  if args.quick:
+    run(args.workdir, gen_steps=20, cls_steps=20, num_samples=40,
+        cfg_scales=['0', '3'], cls_scales=['2'], batch=40, runlocal=True)
   else:
-    run(_WORKDIR.value, gen_steps=_GEN_STEPS.value,
-        cls_steps=_CLS_STEPS.value, num_samples=_NUM.value,
-        cfg_scales=_CFG.value, cls_scales=_CLS.value)
+    run(args.workdir, gen_steps=args.generator_steps,
+        cls_steps=args.classifier_steps, num_samples=args.num_samples,
+        cfg_scales=args.cfg_scales.split(','),
+        cls_scales=args.classifier_scales.split(','))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -17,12 +17,11 @@ classifier-free guidance alone `python -m visgen.main --mode=sample
 scales (scales are traced), so a sweep over scales compiles once.
 """
 
+import argparse
 import dataclasses
 import os
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,38 +163,36 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-_GEN_CFG = flags.DEFINE_string('generator_config', 'configs/quickstart.py',
-                               'Config of the generator run.')
-_GEN = flags.DEFINE_string('generator', None, 'Workdir of the generator.')
-_CLS_CFG = flags.DEFINE_string('classifier_config',
-                               'configs/digits_noisy_classifier.py',
-                               'Config of the classifier run.')
-_CLS = flags.DEFINE_string('classifier', None,
-                           'Workdir of the noise-aware classifier.')
-_KIND = flags.DEFINE_enum('guidance', 'cfg', list(GUIDANCE_KINDS),
-                          'Guidance kind.')
-_SCALE = flags.DEFINE_float('scale', 1.5, 'Guidance scale.')
-_PER = flags.DEFINE_integer('per_class', 10, 'Samples per class row.')
-_OUT = flags.DEFINE_string('out', None, 'Output PNG (default: in the '
-                           'generator workdir).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-
-
-def main(argv):
-  del argv
-  if not _GEN.value:
-    raise app.UsageError('--generator=WORKDIR is required.')
-  gen = load_trained(load_config(_GEN_CFG.value), _GEN.value)
-  cls = (load_trained(load_config(_CLS_CFG.value), _CLS.value)
-         if _CLS.value else None)
-  k = gen.task.num_classes
-  sampler = GuidedSampler(gen, cls, batch=k * _PER.value)
-  out = _OUT.value or os.path.join(
-      _GEN.value, f'grid_{_KIND.value}_{_SCALE.value:g}.png')
-  sampler.write_grid(out, jax.random.key(_SEED.value), kind=_KIND.value,
-                     scale=_SCALE.value, per_class=_PER.value)
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description='Class grid from a trained generator with guidance.')
+  parser.add_argument('--generator_config', default='configs/quickstart.py',
+                      help='Config (configs/X.py[:arg]) of the generator.')
+  parser.add_argument('--generator', required=True,
+                      help='Workdir of the generator run.')
+  parser.add_argument('--classifier_config',
+                      default='configs/digits_noisy_classifier.py',
+                      help='Config of the noise-aware classifier run.')
+  parser.add_argument('--classifier', default=None,
+                      help='Workdir of the noise-aware classifier run.')
+  parser.add_argument('--guidance', default='cfg', choices=GUIDANCE_KINDS)
+  parser.add_argument('--scale', type=float, default=1.5)
+  parser.add_argument('--per_class', type=int, default=10)
+  parser.add_argument('--out', default=None,
+                      help='Output PNG (default: in the generator workdir).')
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  gen = load_trained(load_config(args.generator_config), args.generator)
+  cls = (load_trained(load_config(args.classifier_config), args.classifier)
+         if args.classifier else None)
+  sampler = GuidedSampler(gen, cls, batch=gen.task.num_classes *
+                          args.per_class)
+  out = args.out or os.path.join(
+      args.generator, f'grid_{args.guidance}_{args.scale:g}.png')
+  sampler.write_grid(out, jax.random.key(args.seed), kind=args.guidance,
+                     scale=args.scale, per_class=args.per_class)
   print(f'Wrote {out}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -1,0 +1,50 @@
+"""The class-conditional experiments end to end on tiny (runlocal) configs.
+
+Both share one workdir, as documented: the diffusion-classifier experiment
+reuses the guidance experiment's generator and both keep their keys in
+results.json.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from experiments import diffusion_classifier
+from experiments import guidance_tradeoff
+
+
+def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
+  d = str(tmp_path)
+  res = guidance_tradeoff.run(
+      d, gen_steps=4, cls_steps=4, num_samples=20, cfg_scales=['0', '3'],
+      cls_scales=['2'], batch=20, runlocal=True, grids=False)
+  rows = res['rows']
+  assert [(r['guidance'], r['scale']) for r in rows] == [
+      ('none', 1.0), ('classifier', 2.0), ('cfg', 0.0), ('cfg', 3.0)]
+  for r in rows:
+    for k in ('fid', 'precision', 'recall', 'class_accuracy'):
+      assert np.isfinite(r[k]), (r, k)
+    assert 0.0 <= r['precision'] <= 1.0 and 0.0 <= r['recall'] <= 1.0
+    assert r['sfid'] is None  # the digits net has no spatial features
+  assert rows[2]['base'] == 'unconditional'
+  # Different guidance, different samples (same keys per row index aside).
+  assert len({round(r['fid'], 6) for r in rows}) == len(rows)
+  assert res['floor']['fid'] >= 0.0
+  assert res['generator']['step'] == 4 and res['classifier']['step'] == 4
+
+  out = diffusion_classifier.run(d, gen_steps=4, disc_steps=4, num_draws=4,
+                                 gmm_n=300, num_test=16, runlocal=True)
+  # The generator was reused, not retrained (its checkpoint dir unchanged).
+  assert sorted(os.listdir(os.path.join(d, 'generator', 'checkpoints'))) == [
+      '3', '4'] or out['digits']['generator_step'] == 4
+  dg = out['digits']
+  for k in ('diffusion_classifier_accuracy', 'discriminative_accuracy'):
+    assert 0.0 <= dg[k] <= 1.0
+  g = out['gmm']
+  assert g['bayes_accuracy'] < 0.95  # overlapping classes: informative
+  # Exact denoisers: the diffusion classifier is Bayes-optimal up to noise.
+  assert abs(g['accuracy'] - g['bayes_accuracy']) < 4 * g['standard_error']
+  with open(os.path.join(d, 'results.json')) as f:
+    saved = json.load(f)
+  assert {'rows', 'digits', 'gmm'} <= set(saved)
