@@ -7,7 +7,8 @@ real-against-real floor. Trained nets are cached as
 `$VISGEN_CACHE/feature_nets/<net>_<hash>.npz` (+ `.json` with accuracy and
 floors), VISGEN_CACHE defaulting to ~/.cache/visgen; `<hash>` covers the
 whole training recipe, so a changed recipe retrains. Training is seeded and
-runs automatically on first use (digits: seconds; shapes: about a minute).
+runs automatically on first use (2 shared CPU cores: digits 15-50 s,
+shapes 3 min, depending on load).
 
 * `digits`: 10-way classifier of scikit-learn digits, trained on the train
   split (1500) at both 8x8 and 16x16 (PIL-resized by the data source), input
