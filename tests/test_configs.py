@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from visgen import train
@@ -42,13 +44,24 @@ def test_full_config_builds(name):
   assert load(name).__doc__ and 'python -m visgen.main' in load(name).__doc__
 
 
+@pytest.fixture
+def fast_compile():
+  # flax examples' trick: CI checks that configs run, not their speed.
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
+
+
 @pytest.mark.parametrize('name', NAMES)
-def test_runlocal_trains_one_step_and_samples(name, tmp_path):
+def test_runlocal_trains_one_step(name, tmp_path, fast_compile):
+  del fast_compile
   c = load(name).get_config('runlocal')
   c.total_steps = 1
+  # Sampling is exercised by test_main and the quickstart; skipping it here
+  # halves the compile cost of this file.
+  c.num_grid_samples = 0
   out = train.train_and_evaluate(c, str(tmp_path))
-  assert out['steps'] == 1
-  assert os.path.exists(tmp_path / 'samples.png')
+  assert out['steps'] == 1 and np.isfinite(out['final_loss'])
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['model']['name'] == c.model.name
   assert (tmp_path / 'checkpoints' / '1').exists()

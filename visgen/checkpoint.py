@@ -33,7 +33,8 @@ from visgen.data import pipeline
 # length, logging/eval cadence, sampling settings and the device topology.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'ckpt_every', 'keep_last',
                   'keep_every', 'sample_every', 'eval_every', 'eval',
-                  'sampler', 'sharding', 'num_samples', 'quickstart')
+                  'sampler', 'sharding', 'num_samples', 'sample_batch',
+                  'num_grid_samples')
 
 
 def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:

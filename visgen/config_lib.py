@@ -123,6 +123,9 @@ def base_config() -> mlc.ConfigDict:
   c.keep_every = 0         # ...plus every K-th step forever (0: none).
   c.sample_every = 0       # PNG sample grids (0: only at the end).
   c.eval_every = 0         # In-loop evaluators (0: only at the end).
+  c.num_grid_samples = 100  # PNG grid of EMA samples (0: none).
+  c.num_samples = 50_000    # --mode=sample: images in the ADM .npz.
+  c.sample_batch = 250
   c.ema_decays = (0.9999,)
   c.ema_warmup = False     # Debiased EMA: decay min(d, (1+n)/(10+n)).
   c.sharding = mesh_and_sharding('dp')
@@ -167,7 +170,8 @@ def runlocal_common(c: mlc.ConfigDict) -> None:
 
 def tiny_unet(c: mlc.ConfigDict) -> None:
   """Shrinks a U-Net config to a test-sized one (runlocal)."""
-  c.model.update(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2,
+  # One level and one attention block: U-Net compiles dominate CI time.
+  c.model.update(model_channels=8, channel_mult=(1,), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=1, dropout=0.0,
                  input_size=c.task.x_shape[0],
                  num_classes=c.task.get('num_classes', 0))
