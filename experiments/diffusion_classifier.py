@@ -132,7 +132,10 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
                        discriminative_train=round(t_disc, 1)))
 
 
-def gmm_part(*, n: int, num_draws: int) -> dict:
+GMM_PATHS = (('linear', 'velocity'), ('vp', 'eps'))
+
+
+def gmm_part(*, n: int, num_draws: int, paths=GMM_PATHS) -> dict:
   """Exact denoisers: the diffusion classifier against Bayes' rule."""
   t0 = time.time()
   k = 4
@@ -147,13 +150,13 @@ def gmm_part(*, n: int, num_draws: int) -> dict:
   out = dict(bayes_accuracy=bayes, num_examples=n, num_classes=k, dim=8,
              num_draws=num_draws,
              standard_error=dc_lib.bayes_accuracy_sampling_error(bayes, n))
-  for path_name, kind in (('linear', 'velocity'), ('vp', 'eps')):
+  for path_name, kind in paths:
     path = get_path(path_name)
     dc = dc_lib.DiffusionClassifier(g.denoiser(path=path, kind=kind), path,
                                     kind, k, t_min=1e-3, log_prior=log_prior)
     fn = jax.jit(lambda xb, dc=dc: dc.logits(xb, jax.random.key(13),
                                              num_draws=num_draws))
-    logits = _batched(lambda xb, i: fn(xb), np.asarray(x), 500)
+    logits = _batched(lambda xb, i: fn(xb), np.asarray(x), min(n, 500))
     acc = float(np.mean(np.argmax(logits, -1) == np.asarray(lab)))
     agree = float(np.mean(np.argmax(logits, -1) == np.argmax(exact, -1)))
     out[f'{path_name}_{kind}'] = dict(accuracy=acc, agreement=agree)
@@ -167,7 +170,7 @@ def gmm_part(*, n: int, num_draws: int) -> dict:
 
 def markdown(res: dict) -> str:
   d, g = res['digits'], res['gmm']
-  return '\n'.join([
+  lines = [
       '| data | classifier | accuracy | reference |',
       '|---|---|---|---|',
       f"| digits test ({d['num_test']}) | diffusion classifier "
@@ -180,23 +183,27 @@ def markdown(res: dict) -> str:
       f"| digits test | discriminative MLP ({d['discriminative_params']:,} "
       f"params vs generator {d['generator_params']:,}) | "
       f"{d['discriminative_accuracy']:.3f} | |",
-      f"| GMM (8-D, 4 classes, {g['num_examples']}) | diffusion classifier, "
-      f"exact denoiser, linear/velocity | {g['accuracy']:.3f} | "
-      f"Bayes {g['bayes_accuracy']:.3f} +- {g['standard_error']:.3f} |",
-      f"| GMM | diffusion classifier, exact denoiser, vp/eps | "
-      f"{g['vp_eps']['accuracy']:.3f} | Bayes {g['bayes_accuracy']:.3f} |",
-  ])
+  ]
+  for path_name, kind in GMM_PATHS:
+    if f'{path_name}_{kind}' in g:
+      lines.append(
+          f"| GMM ({g['dim']}-D, {g['num_classes']} classes, "
+          f"{g['num_examples']} points) | diffusion classifier, exact "
+          f"denoiser, {path_name}/{kind} | "
+          f"{g[f'{path_name}_{kind}']['accuracy']:.3f} | Bayes "
+          f"{g['bayes_accuracy']:.3f} +- {g['standard_error']:.3f} |")
+  return '\n'.join(lines)
 
 
 def run(workdir: str, *, gen_steps: int, disc_steps: int, num_draws: int,
-        gmm_n: int, num_test: int | None = None,
-        runlocal: bool = False) -> dict:
+        gmm_n: int, num_test: int | None = None, runlocal: bool = False,
+        gmm_draws: int = 128, gmm_paths=GMM_PATHS) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   res = dict(digits=digits_part(workdir, gen_steps=gen_steps,
                                 disc_steps=disc_steps, num_draws=num_draws,
                                 num_test=num_test, runlocal=runlocal),
-             gmm=gmm_part(n=gmm_n, num_draws=max(num_draws, 128)))
+             gmm=gmm_part(n=gmm_n, num_draws=gmm_draws, paths=gmm_paths))
   res['wall_time_s'] = round(time.time() - t0, 1)
   path = os.path.join(workdir, 'results.json')
   # The guidance experiment writes results.json too when sharing WORKDIR:
@@ -221,7 +228,8 @@ def main(argv=None):
   parser.add_argument('--discriminative_steps', type=int, default=2000)
   parser.add_argument('--num_draws', type=int, default=64,
                       help='(t, eps) draws per class and image.')
-  parser.add_argument('--gmm_examples', type=int, default=2000)
+  parser.add_argument('--gmm_examples', type=int, default=1000)
+  parser.add_argument('--gmm_draws', type=int, default=128)
   parser.add_argument('--quick', action='store_true',
                       help="Smoke run: the configs' runlocal variants.")
   args = parser.parse_args(argv)
@@ -231,7 +239,7 @@ def main(argv=None):
   else:
     run(args.workdir, gen_steps=args.generator_steps,
         disc_steps=args.discriminative_steps, num_draws=args.num_draws,
-        gmm_n=args.gmm_examples)
+        gmm_n=args.gmm_examples, gmm_draws=args.gmm_draws)
 
 
 if __name__ == '__main__':

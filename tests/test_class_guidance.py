@@ -183,3 +183,32 @@ def test_changing_guidance_scales_never_recompiles(mix):
   assert draw._cache_size() == 1
   # The scales are really used: different scales, different samples.
   assert float(jnp.max(jnp.abs(outs[0] - outs[2]))) > 1e-3
+
+
+def test_samplers_guidance_module_on_the_exact_mixture(mix):
+  """The samplers engineer's combinators (visgen.samplers.guidance) meet the
+  same exact references away from alpha = 0, and agree with ours."""
+  from visgen.samplers import guidance as sg  # pylint: disable=g-import-not-at-top
+
+  g, x, t, y = mix
+  path = get_path('linear')
+  raw = g.denoiser(path=path, kind='velocity')
+  s_c = exact_score(g, path, x, t, y)
+  s_u = exact_score(g, path, x, t, jnp.full_like(y, K))
+  null = {'label': jnp.full_like(y, K)}
+  den = sg.cfg(raw, 2.5, null_cond=null)
+  np.testing.assert_allclose(
+      to_score(den(x, t, {'label': y}), 'velocity', path, x, t),
+      s_u + 2.5 * (s_c - s_u), rtol=2e-4, atol=2e-4)
+  logp = log_classifier(g, path)
+  den = sg.classifier_guidance(
+      guidance.with_label(raw, K), lambda x, t, c: logp(x, t, c['label']),
+      1.0, path=path, prediction='velocity')
+  np.testing.assert_allclose(
+      to_score(den(x, t, {'label': y}), 'velocity', path, x, t), s_c,
+      rtol=2e-4, atol=2e-4)
+  shift = sg.classifier_mean_shift(lambda x, t, c: logp(x, t, c['label']),
+                                   2.0)(x, t, {'label': y})
+  np.testing.assert_allclose(
+      shift, guidance.classifier_mean_shift(logp, scale=2.0)(
+          x, t, {'label': y}), rtol=1e-5, atol=1e-6)
