@@ -160,3 +160,28 @@ def test_parse_arg():
                          res=1)
   with pytest.raises(ValueError, match='is not of type int'):
     config_lib.parse_arg('res=big', res=256)
+
+
+def test_bf16_compute_fp32_params_and_logging_outputs(tmp_path):
+  workdir = str(tmp_path)
+  cfg = tiny_config(**{'model.dtype': 'bfloat16', 'total_steps': 2,
+                       'sample_every': 1, 'num_grid_samples': 10})
+  out = train.train_and_evaluate(cfg, workdir)
+  assert out['steps'] == 2 and np.isfinite(out['final_loss'])
+  ckpt = ckpt_lib.Checkpointer(workdir, every=1, keep_last=1, read_only=True)
+  mesh = train.sharding.make_mesh(cfg.sharding.mesh)
+  state, _ = ckpt.restore(train.build(cfg, mesh)['abstract'])
+  assert {x.dtype for x in jax.tree.leaves(state['params'])} == {
+      np.dtype('float32')}
+  # PNG grids at intervals and at the end (10 classes x 1 sample of 8x8,
+  # upscaled 4x), TensorBoard event files, JSONL metrics, resolved config.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  grids = sorted(os.listdir(os.path.join(workdir, 'samples')))
+  assert grids == ['samples_0000001.png', 'samples_0000002.png']
+  assert Image.open(os.path.join(workdir, 'samples.png')).size == (32, 320)
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(os.path.join(workdir, 'tb')))
+  assert sorted(losses(workdir)) == [1, 2]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['dtype'] == 'bfloat16'

@@ -54,16 +54,21 @@ def fingerprint(config, abstract_params) -> dict:
   } if isinstance(abstract_params, nnx.State) else {
       jax.tree_util.keystr(p): [list(v.shape), str(v.dtype)]
       for p, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
-  cfg = json.loads(config.to_json_best_effort())
-  cfg = {k: v for k, v in _flatten(cfg).items()
-         if k.split('.')[0] not in RESUMABLE_KEYS}
-  return {'params': params, 'config': cfg}
+  cfg = _flatten(json.loads(config.to_json_best_effort()))
+  return {'params': params, 'config': _fixed(cfg)}
+
+
+def _fixed(flat_cfg: dict) -> dict:
+  return {k: v for k, v in flat_cfg.items()
+          if k.split('.')[0] not in RESUMABLE_KEYS}
 
 
 def _differences(old: dict, new: dict, limit: int = 8) -> list[str]:
   out = []
   for section in ('config', 'params'):  # The config says why.
     a, b = old.get(section, {}), new.get(section, {})
+    if section == 'config':  # Stored by an older visgen: filter again.
+      a, b = _fixed(a), _fixed(b)
     for k in sorted(set(a) | set(b)):
       if a.get(k) != b.get(k):
         out.append(f'{section} {k}: checkpoint={a.get(k, "<absent>")!r}, '

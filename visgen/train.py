@@ -226,6 +226,10 @@ def train_and_evaluate(config, workdir: str, *,
                                   task.grid_rows(x.shape[0]))
     return writer.write_image(step, 'samples', grid, path=path)
 
+  # Evaluations (shared with --mode=eval); imported here, not at the top,
+  # because sample.py builds on this module.
+  from visgen import sample as sample_lib  # pylint: disable=g-import-not-at-top
+
   # -- Train loop ---------------------------------------------------------------
   total = config.total_steps
   progress = logging_lib.Progress(first_step, total)
@@ -269,6 +273,9 @@ def train_and_evaluate(config, workdir: str, *,
         return {'preempted_at_step': step}
       if config.sample_every and step % config.sample_every == 0:
         write_grid(state, step)
+      if config.eval_every and step % config.eval_every == 0:
+        writer.write_scalars(step, sample_lib.run_evals(
+            config, b, mesh, first_ema(state), jax.random.fold_in(rng, 5)))
     if pending is not None:
       last_metrics = fetch(*pending)
       writer.write_scalars(pending[0], last_metrics)
@@ -281,8 +288,6 @@ def train_and_evaluate(config, workdir: str, *,
              'final_loss': last_metrics.get('loss', float('nan'))}
   if is_main:
     write_grid(state, step, path=os.path.join(workdir, 'samples.png'))
-  from visgen import sample as sample_lib  # pylint: disable=g-import-not-at-top
-
   results.update(sample_lib.run_evals(config, b, mesh, first_ema(state),
                                       jax.random.fold_in(rng, 4)))
   results['wall_time_s'] = time.time() - start_time
