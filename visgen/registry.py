@@ -31,6 +31,15 @@ class Registry:
       )
     return self._items[name]
 
+  def build(self, name: str, **kwargs) -> Any:
+    """Calls the registered factory `name` with kwargs; bad kwargs raise a
+    ValueError naming the factory (instead of a bare TypeError)."""
+    factory = self.get(name)
+    try:
+      return factory(**kwargs)
+    except TypeError as e:
+      raise ValueError(f'Bad arguments for {self.kind} {name!r}: {e}') from e
+
   def names(self) -> list[str]:
     return sorted(self._items)
 

@@ -46,8 +46,4 @@ def get_path(name, **kwargs) -> base.Path:
   """Builds the path `name`; a Path instance is returned unchanged."""
   if isinstance(name, base.Path):
     return name
-  factory = PATHS.get(name)
-  try:
-    return factory(**kwargs)
-  except TypeError as e:
-    raise ValueError(f'Bad arguments for path {name!r}: {e}') from e
+  return PATHS.build(name, **kwargs)

@@ -195,8 +195,4 @@ def get_time_dist(name, **kwargs) -> TimeDist:
   """Builds the time distribution `name` (an instance passes through)."""
   if isinstance(name, TimeDist):
     return name
-  cls = TIME_DISTS.get(name)
-  try:
-    return cls(**kwargs)
-  except TypeError as e:
-    raise ValueError(f'Bad arguments for time distribution {name!r}: {e}') from e
+  return TIME_DISTS.build(name, **kwargs)

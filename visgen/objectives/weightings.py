@@ -177,8 +177,4 @@ def get_weighting(name, **kwargs) -> Weighting:
   """Builds the weighting `name` (a Weighting instance passes through)."""
   if isinstance(name, Weighting):
     return name
-  cls = WEIGHTINGS.get(name)
-  try:
-    return cls(**kwargs)
-  except TypeError as e:
-    raise ValueError(f'Bad arguments for weighting {name!r}: {e}') from e
+  return WEIGHTINGS.build(name, **kwargs)
