@@ -34,6 +34,7 @@ import json
 import os
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -49,6 +50,8 @@ def generator_config(steps: int, *, runlocal: bool = False):
   c.total_steps = steps
   c.eval = {}  # This experiment evaluates every row itself.
   c.ckpt_every = max(steps // 3, 1)
+  if runlocal:
+    c.num_grid_samples = 0  # Smoke runs skip the loop's own sample grid.
   return c
 
 
@@ -176,6 +179,7 @@ def main(argv=None):
                       help="Smoke run: the configs' runlocal variants, few "
                       'steps and samples.')
   args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)  # the loop's progress lines
   if args.quick:
     run(args.workdir, gen_steps=20, cls_steps=20, num_samples=40,
         cfg_scales=['0', '3'], cls_scales=['2'], batch=40, runlocal=True)

@@ -22,6 +22,7 @@ import dataclasses
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,7 +78,18 @@ class GuidedSampler:
   """jit(labels, key, cfg_scale, classifier_scale) -> uint8 class samples."""
 
   def __init__(self, generator: Trained, classifier: Trained | None = None,
-               *, batch: int, sampler: dict | None = None):
+               *, batch: int, sampler: dict | None = None,
+               cfg_channels: int | None = None):
+    """Builds the jitted sampler.
+
+    Args:
+      generator: the class-conditional run (with the null class).
+      classifier: optional noise-aware classifier run on the same path.
+      batch: samples per compiled call.
+      sampler: sampler config (default: the generator config's `sampler`).
+      cfg_channels: DiT's partial CFG on the first channels (reproductions
+        only; see `guidance.combine_cfg`).
+    """
     task = generator.task
     if not task.num_classes:
       raise ValueError('Guided sampling needs a class-conditional generator '
@@ -98,13 +110,17 @@ class GuidedSampler:
     gen_apply = generator.build['apply']
     cls_apply = classifier.build['apply'] if classifier else None
 
-    def draw(gen_params, cls_params, labels, key, cfg_scale, cls_scale):
+    def draw(gen_params, cls_params, labels, key, cfg_scale, cls_scale,
+             rescale, interval):
       den = lambda x, t, c: gen_apply(gen_params, x, t, c)
-      den = guidance.cfg(den, scale=cfg_scale, null_class=task.num_classes)
+      den = guidance.cfg(den, scale=cfg_scale, null_class=task.num_classes,
+                         rescale=rescale, interval=interval,
+                         channels=cfg_channels)
       if cls_apply is not None:
         den = guidance.classifier_guided(
             den, noisy_classifier.log_prob_fn(cls_apply, cls_params),
-            scale=cls_scale, path=task.path, prediction=task.prediction)
+            scale=cls_scale, path=task.path, prediction=task.prediction,
+            interval=interval)
       ts = samplers.make_grid(grid, steps, path=task.path)
       x = samplers.sample(name, den, key=key, shape=shape,
                           cond={'label': labels}, path=task.path,
@@ -126,8 +142,13 @@ class GuidedSampler:
     return (scale, 0.0) if kind == 'cfg' else (1.0, scale)
 
   def __call__(self, labels: np.ndarray, key, *, kind: str,
-               scale: float = 1.0) -> np.ndarray:
-    """uint8 images for `labels` (any length; batches of `self.batch`)."""
+               scale: float = 1.0, rescale: float = 0.0,
+               interval: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """uint8 images for `labels` (any length; batches of `self.batch`).
+
+    `rescale` (CFG guidance rescale phi) and `interval` (the t range where
+    guidance applies) are traced like the scales: no recompiles.
+    """
     cfg_s, cls_s = self.scales(kind, scale)
     cls_params = self.classifier.params if self.classifier else None
     out = []
@@ -136,16 +157,17 @@ class GuidedSampler:
       padded = np.pad(chunk, (0, self.batch - len(chunk)))
       x = self._draw(self.generator.params, cls_params, padded,
                      jax.random.fold_in(key, i), jnp.float32(cfg_s),
-                     jnp.float32(cls_s))
+                     jnp.float32(cls_s), jnp.float32(rescale),
+                     tuple(jnp.float32(v) for v in interval))
       out.append(np.asarray(preprocess.to_uint8(x))[:len(chunk)])
     return np.concatenate(out)
 
   def write_grid(self, path: str, key, *, kind: str, scale: float = 1.0,
-                 per_class: int = 10) -> str:
+                 per_class: int = 10, **options) -> str:
     """A PNG with one row per class, `per_class` samples each."""
     k = self.generator.task.num_classes
     labels = np.repeat(np.arange(k, dtype=np.int32), per_class)
-    images = self(labels, key, kind=kind, scale=scale)
+    images = self(labels, key, kind=kind, scale=scale, **options)
     grid = logging_lib.image_grid(images, k)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     logging_lib.save_png(path, grid, upscale=4)
@@ -177,20 +199,30 @@ def main(argv=None):
                       help='Workdir of the noise-aware classifier run.')
   parser.add_argument('--guidance', default='cfg', choices=GUIDANCE_KINDS)
   parser.add_argument('--scale', type=float, default=1.5)
+  parser.add_argument('--rescale', type=float, default=0.0,
+                      help='CFG guidance rescale phi (Lin et al.).')
+  parser.add_argument('--interval', type=float, nargs=2, default=(0.0, 1.0),
+                      metavar=('T_LO', 'T_HI'),
+                      help='Guide only for t in [T_LO, T_HI].')
+  parser.add_argument('--cfg_channels', type=int, default=None,
+                      help="DiT's partial CFG on the first channels "
+                      '(reproductions only).')
   parser.add_argument('--per_class', type=int, default=10)
   parser.add_argument('--out', default=None,
                       help='Output PNG (default: in the generator workdir).')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)  # the loop's progress lines
   gen = load_trained(load_config(args.generator_config), args.generator)
   cls = (load_trained(load_config(args.classifier_config), args.classifier)
          if args.classifier else None)
   sampler = GuidedSampler(gen, cls, batch=gen.task.num_classes *
-                          args.per_class)
+                          args.per_class, cfg_channels=args.cfg_channels)
   out = args.out or os.path.join(
       args.generator, f'grid_{args.guidance}_{args.scale:g}.png')
   sampler.write_grid(out, jax.random.key(args.seed), kind=args.guidance,
-                     scale=args.scale, per_class=args.per_class)
+                     scale=args.scale, per_class=args.per_class,
+                     rescale=args.rescale, interval=tuple(args.interval))
   print(f'Wrote {out}')
 
 
