@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from tests.test_train import fast_compile  # noqa: F401 (autouse fixture)
 from tests.test_train import losses
 from tests.test_train import tiny_config
 from visgen import train
@@ -25,7 +26,7 @@ ROOT = os.path.join(os.path.dirname(__file__), '..')
 def test_two_processes_train_like_one(tmp_path):
   multi = str(tmp_path / 'multi')
   env = dict(os.environ, NUM_PROCESSES='2', PYTHON=sys.executable,
-             PYTHONPATH=ROOT)
+             PYTHONPATH=ROOT, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   env.pop('XLA_FLAGS', None)
   proc = subprocess.run(
       ['bash', 'launch/local.sh', 'configs/quickstart.py:runlocal', multi,

@@ -143,3 +143,26 @@ def test_logical_axes_and_shardings():
   assert (jax.tree.structure(sh) == jax.tree.structure(params))
   spec = sh['blocks'][0]['fc2']['kernel'].get_value().spec
   assert spec == jax.sharding.PartitionSpec(None, 'fsdp')
+
+
+@pytest.mark.parametrize('ta,tb', [(False, False), (False, True),
+                                   (True, False), (True, True)])
+def test_bmm_custom_gradient_matches_autodiff(ta, tb):
+  from visgen.models import layers  # pylint: disable=g-import-not-at-top
+  ka, kb, kg = jax.random.split(jax.random.key(0), 3)
+  a = jax.random.normal(ka, (2, 3, 4) if not ta else (2, 4, 3))
+  b = jax.random.normal(kb, (2, 4, 5) if not tb else (2, 5, 4))
+  g = jax.random.normal(kg, (2, 3, 5))
+  op = lambda x, t: jnp.swapaxes(x, -1, -2) if t else x
+  ref = jax.grad(lambda a, b: jnp.vdot(op(a, ta) @ op(b, tb), g),
+                 argnums=(0, 1))(a, b)
+  got = jax.grad(lambda a, b: jnp.vdot(layers.bmm(a, b, jnp.float32, ta, tb),
+                                       g), argnums=(0, 1))(a, b)
+  for r, x in zip(ref, got):
+    np.testing.assert_allclose(x, r, rtol=1e-5, atol=1e-5)
+  # bf16 operands: float32 gradients, close to the exact ones.
+  got16 = jax.grad(lambda a, b: jnp.vdot(
+      layers.bmm(a, b, jnp.bfloat16, ta, tb), g), argnums=(0, 1))(a, b)
+  for r, x in zip(ref, got16):
+    assert x.dtype == jnp.float32
+    np.testing.assert_allclose(x, r, rtol=0.05, atol=0.1)

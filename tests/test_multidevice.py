@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent(r'''
   import os, sys
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   import jax
+  jax.config.update('jax_disable_most_optimizations', True)  # CI speed.
   import numpy as np
   from tests.test_train import tiny_config
   from visgen import checkpoint as ckpt_lib, sharding, train
