@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from visgen import sharding
 from visgen import train
 
 CONFIGS = sorted(glob.glob(os.path.join(
@@ -42,6 +43,12 @@ def test_full_config_builds(name):
   c = load(name).get_config('')
   assert c.total_steps > 0 and c.model.name and c.data.batch_size > 0
   assert load(name).__doc__ and 'python -m visgen.main' in load(name).__doc__
+  # The full-size model, task and optimizer state exist abstractly (shapes
+  # only, nothing allocated): catches bad model arguments in big configs.
+  b = train.build(c, sharding.make_mesh(c.sharding.mesh))
+  assert b['task'].x_shape == tuple(c.task.x_shape)
+  n = sum(x.size for x in jax.tree.leaves(b['abstract_params']))
+  assert n > 0
 
 
 @pytest.fixture
@@ -80,6 +87,13 @@ def test_cifar_config_without_data_says_how_to_prepare():
   c = load('flow_matching_cifar10').get_config('')
   with pytest.raises(Exception, match='(?i)cifar10'):
     train.load_train_source(c)
+
+
+def test_dit_xl2_has_the_paper_size():
+  c = load('dit_imagenet').get_config('variant=XL/2')
+  b = train.build(c, sharding.make_mesh(c.sharding.mesh))
+  n = sum(x.size for x in jax.tree.leaves(b['abstract_params']))
+  assert 670e6 < n < 680e6, n  # DiT-XL/2: 675M parameters.
 
 
 def test_scoresde_variants():
