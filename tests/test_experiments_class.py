@@ -9,9 +9,11 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from experiments import diffusion_classifier
 from experiments import guidance_tradeoff
+from visgen.classification import guided_sampling
 
 
 def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
@@ -32,6 +34,20 @@ def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
   assert len({round(r['fid'], 6) for r in rows}) == len(rows)
   assert res['floor']['fid'] >= 0.0
   assert res['generator']['step'] == 4 and res['classifier']['step'] == 4
+
+  # The class-grid command on the same runs (deliverable: a sampling
+  # command at a chosen guidance). The runlocal configs are the ones used.
+  png = os.path.join(d, 'grid.png')
+  root = guidance_tradeoff.ROOT
+  guided_sampling.main([
+      f'--generator_config={root}/configs/quickstart.py:runlocal',
+      f'--generator={d}/generator',
+      f'--classifier_config={root}/configs/digits_noisy_classifier.py'
+      ':runlocal',
+      f'--classifier={d}/classifier', '--guidance=classifier',
+      '--scale=2', '--per_class=2', f'--out={png}'])
+  with Image.open(png) as im:  # 10 class rows of 8x8 digits, upscaled 4x
+    assert im.size == (2 * 8 * 4, 10 * 8 * 4)
 
   gen_metrics = os.path.join(d, 'generator', 'metrics.json')
   stamp = os.path.getmtime(gen_metrics)
