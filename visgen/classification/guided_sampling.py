@@ -14,7 +14,9 @@ classifier-free guidance alone `python -m visgen.main --mode=sample
 --config.sampler.cfg_scale=S` does the same without a classifier.
 
 `GuidedSampler` compiles one sampling function for all guidance kinds and
-scales (scales are traced), so a sweep over scales compiles once.
+scales (scales are traced), so a sweep over scales compiles once. Classifier
+guidance takes ADM's mean-shift form with the 'ddpm' (ancestral) sampler and
+the score form with every other sampler.
 """
 
 import argparse
@@ -116,15 +118,20 @@ class GuidedSampler:
       den = guidance.cfg(den, scale=cfg_scale, null_class=task.num_classes,
                          rescale=rescale, interval=interval,
                          channels=cfg_channels)
+      run_kw = dict(kw)
       if cls_apply is not None:
-        den = guidance.classifier_guided(
-            den, noisy_classifier.log_prob_fn(cls_apply, cls_params),
-            scale=cls_scale, path=task.path, prediction=task.prediction,
-            interval=interval)
+        logp = noisy_classifier.log_prob_fn(cls_apply, cls_params)
+        if name == 'ddpm':  # ancestral: ADM's mean-shift form
+          run_kw['mean_shift'] = guidance.classifier_mean_shift(
+              logp, scale=cls_scale, interval=interval)
+        else:  # ODE / SDE / DDIM: the score form
+          den = guidance.classifier_guided(
+              den, logp, scale=cls_scale, path=task.path,
+              prediction=task.prediction, interval=interval)
       ts = samplers.make_grid(grid, steps, path=task.path)
       x = samplers.sample(name, den, key=key, shape=shape,
                           cond={'label': labels}, path=task.path,
-                          prediction=task.prediction, ts=ts, **kw)
+                          prediction=task.prediction, ts=ts, **run_kw)
       return task.from_x(x)
 
     self._draw = jax.jit(draw)
@@ -174,6 +181,18 @@ class GuidedSampler:
     return path
 
 
+def sampler_override(sampler_cfg, name: str | None = None,
+                     steps: int | None = None) -> dict:
+  """The config's sampler dict with another name (its own options dropped)
+  and/or step count."""
+  out = dict(sampler_cfg)
+  if name and name != out['name']:
+    out = dict(name=name, steps=out['steps'], grid=out.get('grid', 'uniform'))
+  if steps:
+    out['steps'] = steps
+  return out
+
+
 def load_config(spec: str):
   """configs/X.py[:arg] -> its ConfigDict (as --config would build it)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
@@ -211,13 +230,21 @@ def main(argv=None):
   parser.add_argument('--out', default=None,
                       help='Output PNG (default: in the generator workdir).')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--sampler', default=None,
+                      help="Sampler name (e.g. 'ddpm' for the ancestral "
+                      "mean-shift form); default: the generator config's.")
+  parser.add_argument('--steps', type=int, default=None,
+                      help='Sampler steps (default: the config\'s).')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)  # the loop's progress lines
   gen = load_trained(load_config(args.generator_config), args.generator)
   cls = (load_trained(load_config(args.classifier_config), args.classifier)
          if args.classifier else None)
+  sampler_cfg = sampler_override(gen.config.sampler, args.sampler,
+                                 args.steps)
   sampler = GuidedSampler(gen, cls, batch=gen.task.num_classes *
-                          args.per_class, cfg_channels=args.cfg_channels)
+                          args.per_class, sampler=sampler_cfg,
+                          cfg_channels=args.cfg_channels)
   out = args.out or os.path.join(
       args.generator, f'grid_{args.guidance}_{args.scale:g}.png')
   sampler.write_grid(out, jax.random.key(args.seed), kind=args.guidance,
