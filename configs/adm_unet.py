@@ -31,6 +31,7 @@ def get_config(arg=None):
                  model_channels=192, channel_mult=(1, 2, 3, 4),
                  num_res_blocks=3, attention_resolutions=(32, 16, 8),
                  num_heads=4, dropout=0.1, num_classes=1000)
+  c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=3e-4, grad_clip=1.0, accum_steps=1)
   c.sampler = dict(name='heun', steps=125, cfg_scale=1.0)
   c.eval = dict(features=dict(feature_net='inception',

@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.model = dict(name='unet', input_size=32, in_channels=3,
                  model_channels=128, channel_mult=(2, 2, 2),
                  num_res_blocks=4, attention_resolutions=(16,), dropout=0.13)
+  c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=1e-3, warmup_steps=10_000, grad_clip=0.0)
   c.sampler = dict(name='heun', steps=18)
   config_lib.cifar10(c, runlocal=arg.runlocal, batch_size=512)

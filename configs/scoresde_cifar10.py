@@ -33,6 +33,7 @@ def get_config(arg=None):
   c.model = dict(name='unet', input_size=32, in_channels=3,
                  model_channels=128, channel_mult=(1, 2, 2, 2),
                  num_res_blocks=4, attention_resolutions=(16,), dropout=0.1)
+  c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=2e-4, warmup_steps=5000, grad_clip=1.0)
   c.sampler = dict(name='heun', steps=500)
   config_lib.cifar10(c, runlocal=arg.runlocal)

@@ -25,6 +25,7 @@ def get_config(arg=None):
   c.time_dist = dict(name='uniform')
   c.model = dict(name='dit', input_size=32, in_channels=3, patch=2,
                  variant=arg.variant, num_classes=10)
+  c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=1e-4, grad_clip=1.0)
   c.sampler = dict(name='heun', steps=125, cfg_scale=1.5)
   config_lib.cifar10(c, runlocal=arg.runlocal, num_classes=10)
