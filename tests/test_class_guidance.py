@@ -16,6 +16,7 @@ from visgen.classification import guidance
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 from visgen.objectives import predictions
+from visgen.samplers import guidance as sg
 
 K = 3  # classes; label K is the null (unconditional) label
 
@@ -188,8 +189,6 @@ def test_changing_guidance_scales_never_recompiles(mix):
 def test_samplers_guidance_module_on_the_exact_mixture(mix):
   """The samplers engineer's combinators (visgen.samplers.guidance) meet the
   same exact references away from alpha = 0, and agree with ours."""
-  from visgen.samplers import guidance as sg  # pylint: disable=g-import-not-at-top
-
   g, x, t, y = mix
   path = get_path('linear')
   raw = g.denoiser(path=path, kind='velocity')

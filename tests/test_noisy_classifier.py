@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs.digits_noisy_classifier as cfg
 from visgen import models
 from visgen import tasks
 from visgen import train
@@ -16,8 +17,6 @@ from visgen.classification import noisy_classifier as nc
 
 
 def config(arg='runlocal', **overrides):
-  import configs.digits_noisy_classifier as cfg  # pylint: disable=g-import-not-at-top
-
   c = cfg.get_config(arg)
   c.num_grid_samples = 0
   c.log_every = 1

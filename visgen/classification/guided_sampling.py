@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from visgen import logging_lib
+from visgen import sample as sample_lib
 from visgen import samplers
+from visgen import train as train_lib
 from visgen.classification import guidance
 from visgen.classification import noisy_classifier
 from visgen.data import preprocess
@@ -56,18 +58,17 @@ def load_trained(config, workdir: str, *, train_if_needed: bool = False
                  ) -> Trained:
   """Restores the latest checkpoint of `workdir` (training it first, or
   resuming it to `config.total_steps`, when `train_if_needed`)."""
-  from visgen import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from visgen import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from visgen import train as train_lib  # pylint: disable=g-import-not-at-top
-
   if train_if_needed:
     ckpt_dir = os.path.join(workdir, 'checkpoints')
     steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if (
         os.path.isdir(ckpt_dir)) else []
     if not steps or max(steps) < config.total_steps:
       train_lib.train_and_evaluate(config, workdir)
-  del ckpt_lib
-  _, b, params, step = sample_lib._restore_params(config, workdir)  # pylint: disable=protected-access
+  # sample.py's restore (EMA params of the latest checkpoint, fingerprint
+  # checked); no public name yet.
+  restore = getattr(sample_lib, 'restore_params', None) or (
+      sample_lib._restore_params)  # pylint: disable=protected-access
+  _, b, params, step = restore(config, workdir)
   return Trained(config, b, params, int(step))
 
 
