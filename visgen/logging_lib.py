@@ -52,9 +52,10 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      # Lazy: only process 0 needs it. pylint: disable=g-import-not-at-top
+      import tensorboardX
 
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
 
   def write_scalars(self, step: int, scalars: dict[str, Any]):
     if not self.active:

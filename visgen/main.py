@@ -12,11 +12,14 @@ environment variables; see `_maybe_init_distributed`.
 import os
 import time
 
+# The reported wall time starts before the (slow) imports.
 _START = time.time()
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/X.py[:args]).', lock_config=True)

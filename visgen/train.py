@@ -153,16 +153,16 @@ def train_and_evaluate(config, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
 
-  # -- Set up the mesh --------------------------------------------------------
+  # -- Set up the mesh ---------------------------------------------------------
   mesh = sharding.make_mesh(config.sharding.mesh)
   logging.info('Process %d/%d, %d devices, mesh %s', jax.process_index(),
                jax.process_count(), jax.device_count(), dict(mesh.shape))
 
-  # -- Model, task, optimizer (abstract) --------------------------------------
+  # -- Model, task, optimizer (abstract) ---------------------------------------
   b = build(config, mesh)
   task = b['task']
 
-  # -- Checkpoints: refuse a foreign workdir before writing anything ----------
+  # -- Checkpoints: refuse a foreign workdir before writing anything -----------
   ckpt = ckpt_lib.Checkpointer(
       workdir, every=config.ckpt_every, keep_last=config.keep_last,
       keep_every=config.keep_every,
@@ -173,7 +173,7 @@ def train_and_evaluate(config, workdir: str, *,
       f.write(config.to_json_best_effort(indent=2))
   writer = logging_lib.MetricWriter(workdir)
 
-  # -- Input pipeline -----------------------------------------------------------
+  # -- Input pipeline ----------------------------------------------------------
   source = load_train_source(config)
   data_iter = pipeline.make_iterator(
       source, batch_size=config.data.batch_size, seed=config.seed,
@@ -190,7 +190,7 @@ def train_and_evaluate(config, workdir: str, *,
     local = {k: raw[k] for k in keys}
     return pipeline.make_global_array(local, mesh, batch_axes=batch_axes)
 
-  # -- Create or restore the state, directly sharded --------------------------
+  # -- Create or restore the state, directly sharded ---------------------------
   rng = jax.random.key(config.seed)
   restored = ckpt.restore(b['abstract'], data_iter)
   if restored is None:
@@ -201,7 +201,7 @@ def train_and_evaluate(config, workdir: str, *,
     state, first_step = restored
   logging_lib.log_parameter_overview(state['params'])
 
-  # -- Jitted functions ---------------------------------------------------------
+  # -- Jitted functions --------------------------------------------------------
   loss_fn = lambda p, fr, bt, k: task.loss(b['apply'], p, fr, bt, k)
   step_fn = step_lib.make_train_step(
       loss_fn, b['tx'], b['schedule'],
@@ -230,7 +230,7 @@ def train_and_evaluate(config, workdir: str, *,
   # because sample.py builds on this module.
   from visgen import sample as sample_lib  # pylint: disable=g-import-not-at-top
 
-  # -- Train loop ---------------------------------------------------------------
+  # -- Train loop --------------------------------------------------------------
   total = config.total_steps
   progress = logging_lib.Progress(first_step, total)
   pending = None  # (step, metrics) fetched one step late.
@@ -282,7 +282,7 @@ def train_and_evaluate(config, workdir: str, *,
   finally:
     ckpt.wait()
 
-  # -- Final samples and evaluation ----------------------------------------------
+  # -- Final samples and evaluation --------------------------------------------
   train_time = time.time() - start_time
   results = {'steps': step, 'train_wall_time_s': train_time,
              'final_loss': last_metrics.get('loss', float('nan'))}

@@ -20,8 +20,10 @@ from visgen.registry import Registry
 TASKS = Registry('task')
 
 # Built-in tasks register themselves on import.
-from visgen.tasks import generation  # pylint: disable=wrong-import-position
-from visgen.tasks import noisy_classifier  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from visgen.tasks import generation  # noqa: E402
+from visgen.tasks import noisy_classifier  # noqa: E402
+# pylint: enable=wrong-import-position
 
 
 def get_task(config):
@@ -29,4 +31,4 @@ def get_task(config):
   return TASKS.get(config.task.name)(config)
 
 
-__all__ = ['TASKS', 'get_task', 'generation']
+__all__ = ['TASKS', 'get_task', 'generation', 'noisy_classifier']
