@@ -11,6 +11,10 @@ import subprocess
 import sys
 import textwrap
 
+from jax.sharding import PartitionSpec as P
+
+from visgen import sharding
+
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 SCRIPT = textwrap.dedent(r'''
@@ -99,3 +103,18 @@ def test_single_dp_fsdp_hybrid_agree_and_fsdp_ckpt_restores_under_dp(
                         timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   assert proc.stdout.strip().endswith('OK')
+
+
+class _Mesh:
+  shape = {'data': 2, 'fsdp': 4}
+
+
+def test_fsdp_fallback_shards_largest_divisible_dim():
+  # (1024, 512) fp32 = 2 MiB: the largest dim divisible by 4 is sharded.
+  assert sharding.fsdp_spec((1024, 512), 4, _Mesh, 'fsdp', 1.0) == P(
+      'fsdp', None)
+  assert sharding.fsdp_spec((6, 2048), 4, _Mesh, 'fsdp', 0.0) == P(
+      None, 'fsdp')
+  # Too small to be worth it, or nothing divisible: replicated.
+  assert sharding.fsdp_spec((1024, 512), 4, _Mesh, 'fsdp', 4.0) == P()
+  assert sharding.fsdp_spec((3, 5), 4, _Mesh, 'fsdp', 0.0) == P()
