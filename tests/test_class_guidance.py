@@ -211,3 +211,17 @@ def test_samplers_guidance_module_on_the_exact_mixture(mix):
   np.testing.assert_allclose(
       shift, guidance.classifier_mean_shift(logp, scale=2.0)(
           x, t, {'label': y}), rtol=1e-5, atol=1e-6)
+
+
+def test_score_form_leaves_alpha_zero_unguided(mix):
+  """At t = 1 of rectified flow alpha = 0: the x0 shift sigma^2/alpha grad is
+  undefined, so the prediction stays the base one (finite, not NaN)."""
+  g, x, _, y = mix
+  path = get_path('linear')
+  raw = g.denoiser(path=path, kind='velocity')
+  t1 = jnp.ones((x.shape[0],))
+  den = guidance.classifier_guided(raw, log_classifier(g, path), scale=3.0,
+                                   path=path, prediction='velocity')
+  out = den(x, t1, {'label': y})
+  np.testing.assert_allclose(out, raw(x, t1, {'label': y}), rtol=1e-5,
+                             atol=1e-6)
