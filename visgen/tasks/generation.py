@@ -22,6 +22,7 @@ from visgen.data import preprocess
 from visgen.objectives import loss as loss_lib
 from visgen.objectives import time_dists
 from visgen.objectives import weightings
+from visgen.samplers import guidance as guidance_lib
 from visgen.tasks import TASKS
 
 
@@ -125,13 +126,15 @@ class GenerationTask:
              n: int, guidance: Any = 1.0) -> jax.Array:
     """n samples in data space; `guidance` (CFG scale) may be traced.
 
-    Classifier-free guidance on all channels: u + s * (c - u) with the null
-    class as u, so s = 1 is the plain conditional model (DiT's convention).
+    Classifier-free guidance (samplers.guidance.cfg) on all channels:
+    u + s * (c - u) with the null class as u, so s = 1 is the plain
+    conditional model (DiT's convention).
     """
     del frozen
     denoise = lambda x_t, t, c: apply(params, x_t, t, c)
     if self.num_classes:
-      denoise = guided(denoise, scale=guidance, null_class=self.num_classes)
+      null = {'label': jnp.full((n,), self.num_classes, jnp.int32)}
+      denoise = guidance_lib.cfg(denoise, guidance, null_cond=null)
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
     name, kw = _named(self.sampler_cfg)
@@ -143,17 +146,3 @@ class GenerationTask:
                         **kw)
     return self.from_x(x)
 
-
-def guided(denoise, *, scale, null_class: int):
-  """Classifier-free guidance: one batched call on (cond, null) halves."""
-
-  def fn(x_t, t, cond):
-    n = x_t.shape[0]
-    labels = jnp.concatenate(
-        [cond['label'], jnp.full((n,), null_class, jnp.int32)])
-    both = denoise(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                   dict(cond, label=labels))
-    c, u = both[:n], both[n:]
-    return u + scale * (c - u)
-
-  return fn
