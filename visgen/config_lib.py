@@ -39,6 +39,17 @@ def _convert(default: Any, value: str, key: str) -> Any:
   return value
 
 
+def named(entry) -> tuple[str, dict]:
+  """Splits a config entry {'name': ..., **kwargs} (or a bare name string)
+  into (name, kwargs) for a registry's `build`."""
+  if isinstance(entry, str):
+    return entry, {}
+  kw = dict(entry)
+  if 'name' not in kw:
+    raise ValueError(f'Config entry {kw} needs a "name" field.')
+  return kw.pop('name'), kw
+
+
 def parse_arg(arg: str | None, **spec: Any) -> mlc.ConfigDict:
   """Parses 'a=1,b=x,flag' into a ConfigDict, typed by the defaults in spec.
 

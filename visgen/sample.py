@@ -94,7 +94,8 @@ def run_evals(config, b, mesh, params, rng) -> dict[str, Any]:
   return results
 
 
-def _restore_params(config, workdir):
+def restore_params(config, workdir):
+  """(mesh, built parts, EMA params, step) of the latest checkpoint."""
   mesh = sharding.make_mesh(config.sharding.mesh)
   b = train_lib.build(config, mesh)
   ckpt = ckpt_lib.Checkpointer(
@@ -110,9 +111,23 @@ def _restore_params(config, workdir):
   return mesh, b, train_lib.first_ema(state), step
 
 
+def _grid_subset(images, labels, num_classes, per_row: int = 10):
+  """At most `per_row` images per class (one row each), or per_row^2.
+
+  The .npz holds every sample; the PNG is a preview and must stay small even
+  for 50k samples.
+  """
+  if not num_classes:
+    return images[:per_row**2]
+  per_class = min(per_row, *(int(np.sum(labels == c))
+                             for c in range(num_classes)))
+  idx = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
+  return images[np.concatenate(idx)]
+
+
 def sample_main(config, workdir: str) -> str:
   """Writes the ADM-format .npz and a PNG grid; returns the .npz path."""
-  mesh, b, params, step = _restore_params(config, workdir)
+  mesh, b, params, step = restore_params(config, workdir)
   num = int(config.get('num_samples', 100))
   images, labels = draw(config, b, mesh, params,
                         jax.random.key(config.seed + 17), num=num,
@@ -125,16 +140,15 @@ def sample_main(config, workdir: str) -> str:
     if b['task'].num_classes:
       arrays['arr_1'] = labels
     np.savez(path, **arrays)
-    order = np.argsort(labels, kind='stable') if len(labels) else slice(None)
-    grid = logging_lib.image_grid(images[order],
-                                  b['task'].grid_rows(len(images)))
+    shown = _grid_subset(images, labels, b['task'].num_classes)
+    grid = logging_lib.image_grid(shown, b['task'].grid_rows(len(shown)))
     logging_lib.save_png(path[:-4] + '.png', grid, upscale=4)
   logging.info('Wrote %d samples to %s', num, path)
   return path
 
 
 def eval_main(config, workdir: str) -> dict:
-  mesh, b, params, step = _restore_params(config, workdir)
+  mesh, b, params, step = restore_params(config, workdir)
   results = run_evals(config, b, mesh, params, jax.random.key(config.seed))
   results['step'] = step
   if jax.process_index() == 0:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from visgen import config_lib
 from visgen import logging_lib
 from visgen import sample as sample_lib
 from visgen import samplers
@@ -64,17 +65,9 @@ def load_trained(config, workdir: str, *, train_if_needed: bool = False
         os.path.isdir(ckpt_dir)) else []
     if not steps or max(steps) < config.total_steps:
       train_lib.train_and_evaluate(config, workdir)
-  # sample.py's restore (EMA params of the latest checkpoint, fingerprint
-  # checked); no public name yet.
-  restore = getattr(sample_lib, 'restore_params', None) or (
-      sample_lib._restore_params)  # pylint: disable=protected-access
-  _, b, params, step = restore(config, workdir)
+  # EMA params of the latest checkpoint, fingerprint checked.
+  _, b, params, step = sample_lib.restore_params(config, workdir)
   return Trained(config, b, params, int(step))
-
-
-def _named(cfg) -> tuple[str, dict]:
-  kw = dict(cfg)
-  return kw.pop('name'), kw
 
 
 class GuidedSampler:
@@ -104,7 +97,7 @@ class GuidedSampler:
           'the x_t of the generator\'s own path. Retrain it with '
           '--config.path matching the generator.')
     self.generator, self.classifier, self.batch = generator, classifier, batch
-    name, kw = _named(sampler or generator.config.sampler)
+    name, kw = config_lib.named(sampler or generator.config.sampler)
     kw.pop('cfg_scale', None)
     steps = kw.pop('steps')
     grid = kw.pop('grid', 'uniform')

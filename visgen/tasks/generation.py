@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from visgen import config_lib
 from visgen import interpolants
 from visgen import samplers
 from visgen.data import preprocess
@@ -24,14 +25,6 @@ from visgen.objectives import time_dists
 from visgen.objectives import weightings
 from visgen.samplers import guidance as guidance_lib
 from visgen.tasks import TASKS
-
-
-def _named(cfg) -> tuple[str, dict]:
-  """Splits a {'name': ..., **kwargs} config entry (or a bare string)."""
-  if isinstance(cfg, str):
-    return cfg, {}
-  kw = dict(cfg)
-  return kw.pop('name'), kw
 
 
 def drop_labels(key: jax.Array, labels_B: jax.Array, *, p: float,
@@ -55,12 +48,12 @@ class GenerationTask:
     self.data_key = t.get('data_key', 'image')
     self.latent_scale = float(t.get('latent_scale', 1.0))
     self.x_shape = tuple(t.x_shape)
-    name, kw = _named(config.path)
+    name, kw = config_lib.named(config.path)
     self.path = interpolants.get_path(name, **kw)
     self.prediction = config.prediction
-    name, kw = _named(config.weighting)
+    name, kw = config_lib.named(config.weighting)
     self.weighting = weightings.get_weighting(name, **kw)
-    name, kw = _named(config.time_dist)
+    name, kw = config_lib.named(config.time_dist)
     self.time_dist = time_dists.get_time_dist(name, **kw)
     self.sampler_cfg = config.sampler
     # The batch entries this task reads (others stay on the host).
@@ -137,7 +130,7 @@ class GenerationTask:
       denoise = guidance_lib.cfg(denoise, guidance, null_cond=null)
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
-    name, kw = _named(self.sampler_cfg)
+    name, kw = config_lib.named(self.sampler_cfg)
     kw = {k: v for k, v in kw.items() if k not in ('cfg_scale',)}
     steps = kw.pop('steps')
     ts = samplers.make_grid(kw.pop('grid', 'uniform'), steps, path=self.path)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from visgen import config_lib
 from visgen import interpolants
 from visgen import samplers
 from visgen.classification import guidance as guidance_lib
@@ -33,13 +34,6 @@ from visgen.interpolants import base
 from visgen.objectives import predictions
 from visgen.objectives import time_dists
 from visgen.tasks import TASKS
-
-
-def _named(cfg) -> tuple[str, dict]:
-  if isinstance(cfg, str):
-    return cfg, {}
-  kw = dict(cfg)
-  return kw.pop('name'), kw
 
 
 @TASKS.register('noisy_classifier')
@@ -58,9 +52,9 @@ class NoisyClassifierTask:
     self.x_shape = tuple(t.x_shape)
     self.clean = bool(t.get('clean', False))
     self.batch_keys = (self.data_key, 'label')
-    name, kw = _named(config.path)
+    name, kw = config_lib.named(config.path)
     self.path = interpolants.get_path(name, **kw)
-    name, kw = _named(config.get('time_dist', 'uniform'))
+    name, kw = config_lib.named(config.get('time_dist', 'uniform'))
     self.time_dist = time_dists.get_time_dist(name, **kw)
     sampler = dict(config.get('sampler', {}))
     self.sampler = sampler.get('name', 'euler')
