@@ -43,24 +43,18 @@ def reference():
 # is below the noise floor.
 PLAN = {
     'vp': ('eps', [('ddpm', 'uniform', 300, {}),
-                   ('euler_maruyama', 'uniform', 400, {}),
                    ('dpm_solver_2m', 'logsnr', 30, {})]),
     'ddpm_linear': ('eps', [('ddim', 'logsnr', 100, dict(eta=0.5)),
-                            ('edm', 'karras', 40, dict(S_churn=10.0)),
                             ('dpm_solver_3m', 'logsnr', 30, {})]),
     've': ('score', [('pc', 'uniform', 200,
                       dict(predictor='reverse_diffusion')),
-                     ('heun', 'karras', 60, {}),
                      ('annealed_langevin', 'uniform', 100,
                       dict(step_size=2e-5, num_inner_steps=30))]),
-    'edm': ('edm', [('rk4', 'karras', 30, {}),
-                    ('euler', 'karras', 300, {})]),
+    'edm': ('edm', [('edm', 'karras', 40, dict(S_churn=10.0)),
+                    ('rk4', 'karras', 30, {})]),
     'linear': ('velocity', [('dopri5', 'uniform', 1, {}),
-                            ('ddim', 'uniform', 300, dict(eta=1.0)),
-                            ('pc', 'uniform', 200, dict(diffusion='sigma')),
-                            ('dpm_solver_3m', 'logsnr', 30, {})]),
+                            ('euler', 'uniform', 200, {})]),
     'gvp': ('v', [('heun', 'uniform', 40, {}),
-                  ('ddpm', 'uniform', 300, {}),
                   ('euler_maruyama', 'uniform', 400,
                    dict(diffusion='sigma'))]),
     'bridge_ve': ('x0', [('bridge_heun', 'karras', 40, {}),
@@ -152,13 +146,19 @@ def test_denoise_final_is_explicit():
   fn = GMM.denoiser(path=path, kind='eps')
   ts = samplers.make_grid('uniform', 4, path=path)
   x_init = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
-  x, info = samplers.sample('euler', fn, path=path, prediction='eps', ts=ts,
-                            x_init=x_init, return_info=True)
-  x_d, info_d = samplers.sample('euler', fn, path=path, prediction='eps',
-                                ts=ts, x_init=x_init, return_info=True,
-                                denoise_final=True)
-  assert info_d['nfe'] == info['nfe'] + 1 == 5
-  x0_hat = GMM.predict(x, jnp.full((8,), ts[-1]), path=path, kind='x0')
+
+  @jax.jit
+  def run():
+    x, info = samplers.sample('euler', fn, path=path, prediction='eps',
+                              ts=ts, x_init=x_init, return_info=True)
+    x_d, info_d = samplers.sample('euler', fn, path=path, prediction='eps',
+                                  ts=ts, x_init=x_init, return_info=True,
+                                  denoise_final=True)
+    x0_hat = GMM.predict(x, jnp.full((8,), ts[-1]), path=path, kind='x0')
+    return info['nfe'], x_d, info_d['nfe'], x0_hat
+
+  nfe, x_d, nfe_d, x0_hat = run()
+  assert nfe_d == nfe + 1 == 5
   np.testing.assert_allclose(x_d, x0_hat, atol=1e-5)
 
 
@@ -173,9 +173,9 @@ def test_grid_and_guidance_changes_do_not_recompile():
   @jax.jit
   def run(ts, scale, key):
     guided = guidance.cfg(fn, scale, null_cond={'label': label + 2})
-    return samplers.sample('edm', guided, path=path, prediction='eps', ts=ts,
+    return samplers.sample('ddim', guided, path=path, prediction='eps', ts=ts,
                            key=key, shape=(16, 2), cond={'label': label},
-                           S_churn=scale)
+                           eta=scale / 4)
 
   key = jax.random.PRNGKey(0)
   a = run(samplers.make_grid('uniform', 8, path=path), 1.0, key)
@@ -187,7 +187,7 @@ def test_grid_and_guidance_changes_do_not_recompile():
   assert run._cache_size() == 2  # pylint: disable=protected-access
 
 
-# ---- grids --------------------------------------------------------------------
+# ---- grids ---------------------------------------------------------------
 def test_grids():
   path = get_path('edm')
   for name in samplers.GRIDS.names():
@@ -208,7 +208,7 @@ def test_grids():
                              rtol=1e-3)
 
 
-# ---- bad input ------------------------------------------------------------------
+# ---- bad input -----------------------------------------------------------
 def test_bad_input_errors():
   vp, lin, bridge = get_path('vp'), get_path('linear'), get_path('bridge_ve')
   fn = GMM.denoiser(path=vp, kind='eps')

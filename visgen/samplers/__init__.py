@@ -9,18 +9,18 @@ under one `jax.jit` any grid of the same length, any guidance scale and any
 float option reuse the compiled program; only static options (strings,
 counts, `denoise_final`) and shapes recompile.
 
-| name            | method                                            | NFE / step |
-|-----------------|---------------------------------------------------|------------|
-| ddpm            | DDPM ancestral (posterior or beta variance)       | 1          |
-| ddim            | DDIM with eta                                      | 1          |
-| euler/heun/rk4  | probability-flow ODE, fixed grid                  | 1 / 2 / 4  |
-| dopri5          | PF-ODE, adaptive Dormand-Prince (rtol, atol)      | adaptive   |
-| euler_maruyama  | reverse SDE, tunable diffusion w(t) (SiT's forms) | 1          |
-| pc              | Score-SDE predictor-corrector (Langevin, snr)     | 1 + corr.  |
-| annealed_langevin | NCSN's annealed Langevin (alpha = 1 paths)      | inner      |
-| edm             | EDM's stochastic Heun (S_churn, S_noise, ...)     | 2          |
-| dpm_solver_2m/3m | DPM-Solver++ multistep, data prediction          | 1          |
-| bridge_heun     | DDBM's hybrid (stochastic step + Heun), bridges   | 3          |
+| name              | method                                      | NFE/step |
+|-------------------|---------------------------------------------|----------|
+| ddpm              | DDPM ancestral (posterior or beta variance) | 1        |
+| ddim              | DDIM with eta                               | 1        |
+| euler, heun, rk4  | probability-flow ODE on the grid            | 1, 2, 4  |
+| dopri5            | PF-ODE, adaptive Dormand-Prince (rtol/atol) | adaptive |
+| euler_maruyama    | reverse SDE, tunable w(t) (SiT's forms)     | 1        |
+| pc                | Score-SDE predictor-corrector (Langevin)    | 1 + corr |
+| annealed_langevin | NCSN's annealed Langevin (alpha = 1 paths)  | inner    |
+| edm               | EDM's stochastic Heun (S_churn, S_noise)    | 2        |
+| dpm_solver_2m/3m  | DPM-Solver++ multistep, data prediction     | 1        |
+| bridge_heun       | DDBM's hybrid (stochastic step + Heun)      | 3        |
 
 A final denoising step is never implicit: `denoise_final=True` returns
 E[x0 | x_{t_min}] after the last step (one more NFE); with False the state at

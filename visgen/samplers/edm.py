@@ -21,8 +21,8 @@ from visgen.samplers import base
 @base.register('edm', stochastic=True,
                checks=(base.not_bridge, base.alpha_positive),
                summary="EDM's stochastic Heun sampler (S_churn, S_noise)")
-def edm(view, x, ts, key, *, S_churn=0.0, S_min=0.0, S_max=float('inf'),  # noqa: N803
-        S_noise=1.0):
+def edm(view, x, ts, key, *, S_churn=0.0, S_min=0.0,  # noqa: N803
+        S_max=float('inf'), S_noise=1.0):
   path = view.path
   n = ts.shape[0] - 1
   s_of = lambda t: path.sigma(t) / path.alpha(t)

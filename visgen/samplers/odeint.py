@@ -136,6 +136,7 @@ def dopri5(f, y0, t0, t1, *, rtol=1e-5, atol=1e-5, h0=None, max_steps=2000):
 
   state = (t0, y0, k1, h_init, jnp.int32(0), jnp.int32(0), jnp.int32(1))
   t, y, _, _, attempts, accepted, nfe = jax.lax.while_loop(cond, body, state)
+  reached = direction * (t1 - t) <= 1e-7 * jnp.abs(span)
   info = dict(nfe=nfe, accepted=accepted, rejected=attempts - accepted,
-              finished=cond((t, None, None, None, jnp.int32(0))) == False)  # noqa: E712
+              finished=reached)
   return y, info

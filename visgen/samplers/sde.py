@@ -9,13 +9,13 @@ has the marginals p_t: with tau = 1 - t its Fokker-Planck equation reads
 d p / d tau = div((v - w^2 s / 2) p) + w^2 / 2 lap p = div(v p), which is the
 continuity equation of the PF-ODE backwards. Choices of w (`diffusion=`):
 
-| form         | w(t)^2                                   | source                 |
-|--------------|------------------------------------------|------------------------|
-| sde          | g^2 = d sigma^2/dt - 2 (alpha'/alpha) sigma^2 | the path's forward SDE   |
-| sigma        | 2 n sigma(t)                             | SiT's default w_t = n sigma |
-| constant     | 2 n                                      | SiT 'constant'          |
-| linear       | 2 n t                                    | SiT 'linear' (their 1 - t) |
-| sin2         | 2 n sin^2(pi t)                          | SiT 'increasing-decreasing' |
+| form     | w(t)^2                                   | source             |
+|----------|------------------------------------------|--------------------|
+| sde      | d sigma^2/dt - 2 (alpha'/alpha) sigma^2  | the forward SDE g^2 |
+| sigma    | 2 n sigma(t)                             | SiT's default       |
+| constant | 2 n                                      | SiT 'constant'      |
+| linear   | 2 n t                                    | SiT 'linear'        |
+| sin2     | 2 n sin^2(pi t)                          | SiT 'incr.-decr.'   |
 
 with n = `diffusion_scale` (traced). With 'sde' the drift is Score-SDE's
 f x - g^2 s (VP: g^2 = beta; VE: g^2 = d sigma^2 / dt). SiT writes its SDE in
