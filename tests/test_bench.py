@@ -49,7 +49,9 @@ def test_run_runlocal_consistent_report():
   cfg = bench_config.get_config('runlocal')
   r = bench.run(cfg, sample=True)
   t, s = r['train'], r['sample']
-  assert t['gflop'] > 0 and s['gflop'] > 0
+  assert t['gflop'] > 0 and s['forward_gflop'] > 0
+  # A train step costs about three forward passes (forward + backward).
+  assert 2.5 < t['gflop'] / s['forward_gflop'] * s['n'] / t['batch'] < 3.6
   assert len(t['step_times_s']) == cfg.bench.steps
   assert t['step_s'] == sorted(t['step_times_s'])[len(t['step_times_s']) // 2]
   assert t['gflops'] == pytest.approx(t['gflop'] / t['step_s'])

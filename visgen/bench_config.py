@@ -17,14 +17,15 @@ from visgen import config_lib
 
 def bench_defaults() -> dict:
   """Timing knobs: a full-size step takes seconds on 2 cores, so few steps."""
-  return dict(warmup_steps=2, steps=3, sample_batch=0, sample_steps=0,
+  return dict(warmup_steps=2, steps=3, sample_batch=0, sample_steps=10,
               sample_repeats=1, peak_n=2048, peak_repeats=5)
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(
       arg, dtype='float32', depth=6, width=256, heads=4, patch=2, res=32,
-      batch=64, attn='xla', remat=False, runlocal=False)
+      batch=64, attn='xla', attn_fp32=False, remat=False,
+      runlocal=False)
   c = config_lib.base_config()
   c.total_steps = 1000
   c.ema_decays = (0.9999,)
@@ -34,7 +35,8 @@ def get_config(arg=None):
   c.model = dict(name='dit', input_size=arg.res, in_channels=3,
                  patch=arg.patch, width=arg.width, depth=arg.depth,
                  heads=arg.heads, num_classes=10, dtype=arg.dtype,
-                 attn_impl=arg.attn, remat=arg.remat)
+                 attn_impl=arg.attn, attn_fp32=arg.attn_fp32,
+                 remat=arg.remat)
   c.path = dict(name='linear')
   c.prediction = 'velocity'
   c.weighting = dict(name='uniform')

@@ -26,11 +26,9 @@ def attention_xla(q, k, v, *, dtype, return_attn: bool = False):
   ('bqhd,bkhd') made XLA insert a transpose around every attention matmul.
   """
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('bhqd,bhkd->bhqk', (q * scale).astype(dtype),
-                      k.astype(dtype), preferred_element_type=jnp.float32)
+  logits = layers.bmm(q * scale, k, dtype, False, True)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum('bhqk,bhkd->bhqd', probs.astype(dtype), v.astype(dtype),
-                   preferred_element_type=jnp.float32)
+  out = layers.bmm(probs, v, dtype)
   return out, (probs if return_attn else None)
 
 
