@@ -162,6 +162,31 @@ def test_denoise_final_is_explicit():
   np.testing.assert_allclose(x_d, x0_hat, atol=1e-5)
 
 
+def test_exact_identities_between_samplers():
+  """DDIM with eta = 1 is DDPM ancestral sampling (same noise, same
+  output); DDIM with eta = 0 on rectified flow is Euler on the PF-ODE."""
+  vp, lin = get_path('vp'), get_path('linear')
+  x_init = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+
+  @jax.jit
+  def run(key):
+    fn = GMM.denoiser(path=vp, kind='eps')
+    ts = samplers.make_grid('uniform', 10, path=vp)
+    kw = dict(path=vp, prediction='eps', ts=ts, x_init=x_init, key=key)
+    fn_lin = GMM.denoiser(path=lin, kind='velocity')
+    ts_lin = samplers.make_grid('uniform', 10, path=lin)
+    kw_lin = dict(path=lin, prediction='velocity', ts=ts_lin, x_init=x_init,
+                  key=key)
+    return (samplers.sample('ddpm', fn, **kw),
+            samplers.sample('ddim', fn, eta=1.0, **kw),
+            samplers.sample('ddim', fn_lin, **kw_lin),
+            samplers.sample('euler', fn_lin, **kw_lin))
+
+  ddpm, ddim1, ddim0, euler = run(jax.random.PRNGKey(1))
+  np.testing.assert_allclose(ddpm, ddim1, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(ddim0, euler, atol=1e-4, rtol=1e-4)
+
+
 # ---- traced grids and guidance scales ---------------------------------------
 def test_grid_and_guidance_changes_do_not_recompile():
   gmm = make_mixture(jax.random.PRNGKey(3), dim=2, num_components=4,
