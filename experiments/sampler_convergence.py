@@ -34,56 +34,13 @@ import numpy as np
 
 from visgen import samplers
 from visgen.groundtruth import GaussianMixture
+from visgen.groundtruth import exact_marginal_sample
+from visgen.groundtruth import fit_order
+from visgen.groundtruth import gaussian_flow_map
+from visgen.groundtruth import sliced_wasserstein
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 from visgen.samplers import likelihood
-
-_SW_DIRECTIONS = 64
-
-
-def sliced_wasserstein(x, ref, *, key=None, num_directions=_SW_DIRECTIONS):
-  """Sliced Wasserstein-1 distance between samples x (n, D) and ref (m, D).
-
-  Projects on fixed random unit directions and compares the n quantiles of x
-  with the matching quantiles of ref (m >= n; use m >> n for a low-noise
-  reference).
-  """
-  key = jax.random.PRNGKey(123) if key is None else key
-  d = jax.random.normal(key, (num_directions, x.shape[1]))
-  d = d / jnp.linalg.norm(d, axis=1, keepdims=True)
-  px = jnp.sort(x @ d.T, axis=0)
-  pr = jnp.sort(ref @ d.T, axis=0)
-  n, m = x.shape[0], ref.shape[0]
-  idx = ((jnp.arange(n) + 0.5) / n * m).astype(jnp.int32)
-  return float(jnp.mean(jnp.abs(px - pr[idx])))
-
-
-def gaussian_flow_map(x, *, path, mean, std, t_from, t_to):
-  """Exact PF-ODE map of data N(mean, std^2 I) from t_from to t_to."""
-  a0, s0 = path.alpha(t_from), path.sigma(t_from)
-  a1, s1 = path.alpha(t_to), path.sigma(t_to)
-  z = (x - a0 * mean) / jnp.sqrt(a0**2 * std**2 + s0**2)
-  return a1 * mean + z * jnp.sqrt(a1**2 * std**2 + s1**2)
-
-
-def fit_order(nfe, error, floor=0.0):
-  """Minus the slope of log(error) against log(nfe), on errors > floor
-  (on the first two points if fewer than two are above the floor)."""
-  nfe, error = np.asarray(nfe, float), np.asarray(error, float)
-  keep = error > floor
-  if keep.sum() < 2:
-    keep = np.arange(len(error)) < 2
-  return float(-np.polyfit(np.log(nfe[keep]), np.log(error[keep]), 1)[0])
-
-
-def exact_marginal_sample(gmm, path, key, n, y=None):
-  """x_{t_max} drawn from the exact marginal (isolates sampler error from
-  the prior approximation N(gamma y, sigma(t_max)^2))."""
-  k0, k1 = jax.random.split(key)
-  x0, _ = gmm.sample(k0, n)
-  eps = jax.random.normal(k1, x0.shape)
-  return path.sample_xt(x0=x0, eps=eps, t=jnp.full((n,), path.t_max), y=y)
-
 
 # (result name, sampler, path, prediction, grid, steps, options)
 _STEPS = (8, 16, 32, 64)
@@ -164,8 +121,8 @@ def run_ode_orders(*, dim=2, n=256):
 def run_sde_errors(*, n=2000):
   gmm = make_mixture(jax.random.PRNGKey(0), dim=2, num_components=4)
   ref, _ = gmm.sample(jax.random.PRNGKey(1), 20 * n)
-  floors = [sliced_wasserstein(gmm.sample(jax.random.PRNGKey(100 + i), n)[0],
-                               ref) for i in range(20)]
+  floors = [float(sliced_wasserstein(
+      gmm.sample(jax.random.PRNGKey(100 + i), n)[0], ref)) for i in range(20)]
   floor = float(np.mean(floors))
   out = {}
   for key, name, path_name, kind, grid, steps_list, opts in SDE_CASES:
@@ -184,7 +141,7 @@ def run_sde_errors(*, n=2000):
                                         denoise_final=True, return_info=True,
                                         **opts))(ts, jax.random.PRNGKey(3))
       nfes.append(int(info['nfe']))
-      errs.append(sliced_wasserstein(x, ref))
+      errs.append(float(sliced_wasserstein(x, ref)))
     out[key] = dict(nfe=nfes, error=errs,
                     order=fit_order(nfes, errs, 2 * floor))
   return out, floor

@@ -67,6 +67,7 @@ def test_mlp_learns_the_mixture(path_name, kind, weighting, time_dist,
                                         prediction=kind, ts=ts, key=k,
                                         shape=(N, 2)))(jax.random.key(2))
   ref, _ = gmm.sample(jax.random.key(3), N)
-  sw = float(sliced_wasserstein(x, ref, jax.random.key(4)))
+  sw = float(sliced_wasserstein(x, ref, jax.random.key(4), num_projections=256,
+                                p=2))
   print(f"{path_name}/{kind}/{sampler}: SW2 = {sw:.3f}")
   assert sw < SW_THRESHOLD, sw

@@ -265,7 +265,8 @@ class GVPPath(base.Path):
   variance_preserving = True
 
   def alpha(self, t):
-    return jnp.cos(0.5 * jnp.pi * jnp.asarray(t, jnp.float32))
+    # In float32 cos(pi / 2) = -4.4e-8: clamp so that logsnr(1) = -inf, not NaN.
+    return jnp.maximum(jnp.cos(0.5 * jnp.pi * jnp.asarray(t, jnp.float32)), 0.0)
 
   def sigma(self, t):
     return jnp.sin(0.5 * jnp.pi * jnp.asarray(t, jnp.float32))
