@@ -51,7 +51,8 @@ def test_model_reads_flat_and_image_inputs_alike(arch):
       p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
   out = apply(params, x, t, {})
   assert float(jnp.max(jnp.abs(apply(params, x, 1.0 - t, {}) - out))) > 1e-4
-  logp = nc.log_prob_fn(apply, params)(x, t, jnp.asarray([0, 1, 3]))
+  logp = nc.log_prob_fn(apply, params)(
+      x, t, {'label': jnp.asarray([0, 1, 3])})
   ref = jax.nn.log_softmax(out, -1)[jnp.arange(3), jnp.asarray([0, 1, 3])]
   np.testing.assert_allclose(logp, ref, rtol=1e-5)
 

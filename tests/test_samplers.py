@@ -197,7 +197,7 @@ def test_grid_and_guidance_changes_do_not_recompile():
 
   @jax.jit
   def run(ts, scale, key):
-    guided = guidance.cfg(fn, scale, null_cond={'label': label + 2})
+    guided = guidance.cfg(fn, scale=scale, null_cond={'label': label + 2})
     return samplers.sample('ddim', guided, path=path, prediction='eps', ts=ts,
                            key=key, shape=(16, 2), cond={'label': label},
                            eta=scale / 4)

@@ -34,9 +34,10 @@ from visgen import logging_lib
 from visgen import sample as sample_lib
 from visgen import samplers
 from visgen import train as train_lib
-from visgen.classification import guidance
 from visgen.classification import noisy_classifier
 from visgen.data import preprocess
+from visgen.samplers import guidance
+from visgen.tasks import generation
 
 GUIDANCE_KINDS = ('none', 'cfg', 'classifier')
 
@@ -84,7 +85,7 @@ class GuidedSampler:
       batch: samples per compiled call.
       sampler: sampler config (default: the generator config's `sampler`).
       cfg_channels: DiT's partial CFG on the first channels (reproductions
-        only; see `guidance.combine_cfg`).
+        only; see `visgen.samplers.guidance`).
     """
     task = generator.task
     if not task.num_classes:
@@ -98,7 +99,8 @@ class GuidedSampler:
           '--config.path matching the generator.')
     self.generator, self.classifier, self.batch = generator, classifier, batch
     name, kw = config_lib.named(sampler or generator.config.sampler)
-    kw.pop('cfg_scale', None)
+    for key in generation.CFG_KEYS:  # Guidance options, not sampler arguments.
+      kw.pop(key, None)
     steps = kw.pop('steps')
     grid = kw.pop('grid', 'uniform')
     shape = ((batch, int(np.prod(task.x_shape))) if task.flatten
@@ -119,7 +121,7 @@ class GuidedSampler:
           run_kw['mean_shift'] = guidance.classifier_mean_shift(
               logp, scale=cls_scale, interval=interval)
         else:  # ODE / SDE / DDIM: the score form
-          den = guidance.classifier_guided(
+          den = guidance.classifier_guidance(
               den, logp, scale=cls_scale, path=task.path,
               prediction=task.prediction, interval=interval)
       ts = samplers.make_grid(grid, steps, path=task.path)

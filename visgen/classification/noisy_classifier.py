@@ -108,17 +108,20 @@ if 'noisy_classifier' not in models.MODELS:
 
 
 def log_prob_fn(apply: Callable, params: Any) -> Callable:
-  """`(x_t, t_B, labels_B) -> log p_phi(y | x_t, t) (B,)` of a trained net.
+  """`(x_t, t_B, cond) -> log p_phi(cond['label'] | x_t, t) (B,)` of a net.
 
-  The form the guidance combinators differentiate: the sum over the batch of
+  The log-classifier form of `samplers.guidance`: the sum over the batch of
   this function has the per-example gradients as its gradient, because
   example i's output depends on x_t[i] only.
   """
 
-  def fn(x_t, t, labels):
+  def fn(x_t, t, cond):
+    if cond is None or 'label' not in cond:
+      raise ValueError("The classifier's log-probability needs "
+                       "cond['label'] (the class to guide towards).")
     logits = apply(params, x_t, t, {})
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, labels.astype(jnp.int32)[:, None],
-                               axis=-1)[:, 0]
+    labels = cond['label'].astype(jnp.int32)
+    return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
   return fn

@@ -47,7 +47,7 @@ def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None):
       choice b, the forward step variance).
     mean_shift: optional `(x_t, t_B, cond) -> g` added as mu + var * g
       (classifier guidance in ADM's mean-shift form, see
-      `guidance.classifier_mean_shift`).
+      `visgen.samplers.guidance.classifier_mean_shift`).
   """
   path = view.path
 

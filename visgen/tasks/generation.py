@@ -26,6 +26,11 @@ from visgen.objectives import weightings
 from visgen.samplers import guidance as guidance_lib
 from visgen.tasks import TASKS
 
+# Sampler-config keys that configure guidance, not the sampler: `cfg_scale`
+# (read by the loop and passed as `guidance`), `cfg_rescale`, `cfg_interval`,
+# `cfg_channels` (see `GenerationTask.sample`).
+CFG_KEYS = ('cfg_scale', 'cfg_rescale', 'cfg_interval', 'cfg_channels')
+
 
 def drop_labels(key: jax.Array, labels_B: jax.Array, *, p: float,
                 null_class: int) -> jax.Array:
@@ -119,19 +124,26 @@ class GenerationTask:
              n: int, guidance: Any = 1.0) -> jax.Array:
     """n samples in data space; `guidance` (CFG scale) may be traced.
 
-    Classifier-free guidance (samplers.guidance.cfg) on all channels:
-    u + s * (c - u) with the null class as u, so s = 1 is the plain
-    conditional model (DiT's convention).
+    Classifier-free guidance (`samplers.guidance.cfg`) with the null class
+    as the unconditional half: u + s * (c - u), so s = 1 is the plain
+    conditional model (DiT's convention). The sampler config's optional
+    `cfg_rescale` (phi, default 0: off), `cfg_interval` ((t_lo, t_hi),
+    default None: every t) and `cfg_channels` (DiT's partial guidance,
+    default None: every channel) configure it.
     """
     del frozen
+    name, kw = config_lib.named(self.sampler_cfg)
+    opts = {k: kw.pop(k) for k in CFG_KEYS if k in kw}
     denoise = lambda x_t, t, c: apply(params, x_t, t, c)
     if self.num_classes:
-      null = {'label': jnp.full((n,), self.num_classes, jnp.int32)}
-      denoise = guidance_lib.cfg(denoise, guidance, null_cond=null)
+      interval = opts.get('cfg_interval')
+      denoise = guidance_lib.cfg(
+          denoise, scale=guidance, null_class=self.num_classes,
+          rescale=opts.get('cfg_rescale', 0.0),
+          interval=None if interval is None else tuple(interval),
+          channels=opts.get('cfg_channels'))
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
-    name, kw = config_lib.named(self.sampler_cfg)
-    kw = {k: v for k, v in kw.items() if k not in ('cfg_scale',)}
     steps = kw.pop('steps')
     ts = samplers.make_grid(kw.pop('grid', 'uniform'), steps, path=self.path)
     x = samplers.sample(name, denoise, key=key, shape=shape, cond=cond,

@@ -16,7 +16,7 @@ The model is `visgen.classification.noisy_classifier.NoisyClassifier`
 (config.model.name = 'noisy_classifier'). Its sample grid shows what the
 classifier's gradient alone draws from an N(0, I) data model (the loop's
 guidance value is the classifier scale); to generate, guide a diffusion model
-with it (`visgen.classification.guidance.classifier_guided`).
+with it (`visgen.samplers.guidance.classifier_guidance`).
 """
 
 import jax
@@ -27,12 +27,12 @@ import optax
 from visgen import config_lib
 from visgen import interpolants
 from visgen import samplers
-from visgen.classification import guidance as guidance_lib
 from visgen.classification import noisy_classifier  # registers the model
 from visgen.data import preprocess
 from visgen.interpolants import base
 from visgen.objectives import predictions
 from visgen.objectives import time_dists
+from visgen.samplers import guidance as guidance_lib
 from visgen.tasks import TASKS
 
 
@@ -117,7 +117,7 @@ class NoisyClassifierTask:
     """
     del frozen
     base_fn = standard_normal_velocity(self.path)
-    den = guidance_lib.classifier_guided(
+    den = guidance_lib.classifier_guidance(
         base_fn, noisy_classifier.log_prob_fn(apply, params), scale=guidance,
         path=self.path, prediction='velocity')
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
