@@ -9,6 +9,7 @@ its whole body once (few distinct shapes: the suite stays fast).
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 from visgen.objectives import predictions
 from visgen.samplers import guidance
+from visgen.tasks import generation
 
 K = 3  # classes; label K is the null (unconditional) label
 N = 12
@@ -267,3 +269,47 @@ def test_changing_guidance_values_never_recompiles():
   assert all(np.all(np.isfinite(o)) for o in outs)
   # The values are really used: different values, different samples.
   assert float(jnp.max(jnp.abs(outs[0] - outs[2]))) > 1e-3
+
+
+def test_generation_task_reads_cfg_options_from_the_sampler_config():
+  """config.sampler.cfg_rescale / cfg_interval / cfg_channels reach `cfg`;
+  without them the task guides as before (every t, no rescale)."""
+  path = get_path('linear')
+  raw = GMM.denoiser(path=path, kind='velocity')
+  apply = lambda params, x, t, c: raw(x, t, c)
+
+  def task(**sampler_opts):
+    return generation.GenerationTask(mlc.ConfigDict(dict(
+        task=dict(name='generation', num_classes=K, x_shape=(2,)),
+        path=dict(name='linear'), prediction='velocity',
+        weighting=dict(name='uniform'), time_dist=dict(name='uniform'),
+        sampler=dict(name='euler', steps=4, cfg_scale=4.0,
+                     **sampler_opts))))
+
+  tasks = [task(), task(cfg_interval=(2.0, 3.0)),
+           task(cfg_rescale=0.7, cfg_interval=(0.3, 1.0), cfg_channels=1)]
+  key = jax.random.key(1)
+  cond = {'label': Y}
+
+  @jax.jit
+  def run(s):
+    got = [tk.sample(apply, {}, {}, cond, key, n=N, guidance=s)
+           for tk in tasks]
+    ts = samplers.make_grid('uniform', 4, path=path)
+    want = [samplers.sample('euler', guidance.cfg(raw, scale=s, null_class=K,
+                                                  **kw),
+                            path=path, prediction='velocity', ts=ts,
+                            key=key, shape=(N, 2), cond=cond)
+            for kw in ({}, {'interval': (2.0, 3.0)},
+                       {'rescale': 0.7, 'interval': (0.3, 1.0),
+                        'channels': 1})]
+    return got, want
+
+  got, want = run(jnp.float32(4.0))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+  cond_only, _ = run(jnp.float32(1.0))
+  # An interval outside [0, 1]: never guided, the conditional samples.
+  np.testing.assert_allclose(got[1], cond_only[1], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(got[0], cond_only[0], atol=1e-3)
+  assert not np.allclose(got[2], got[0], atol=1e-3)

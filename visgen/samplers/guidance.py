@@ -181,6 +181,10 @@ def cfg(denoise_fn: Callable, *, scale, null_class: int | None = None,
     cond = dict(cond or {})
     if null_class is not None and 'label' not in cond:
       raise ValueError("cfg(null_class=...) needs cond['label'].")
+    if channels is not None and not 0 < int(channels) <= x_t.shape[-1]:
+      raise ValueError(f'channels={channels} must be in [1, '
+                       f'{x_t.shape[-1]}] (the last axis of x_t), or None '
+                       'for all.')
     n = x_t.shape[0]
     both_cond = _concat_halves(cond, _null_cond(cond, n, null_class,
                                                 null_cond))
