@@ -33,7 +33,8 @@ def get_config(arg=None):
                  num_heads=4, dropout=0.1, num_classes=1000)
   c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=3e-4, grad_clip=1.0, accum_steps=1)
-  c.sampler = dict(name='heun', steps=125, cfg_scale=1.0)
+  c.sampler = dict(name='heun', steps=125, cfg_scale=1.0,
+                   cfg_rescale=0.0, cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.eval = dict(features=dict(feature_net='inception',
                               reference='imagenet64:train',
                               num_samples=50_000, batch=250))

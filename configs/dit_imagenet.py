@@ -47,7 +47,8 @@ def get_config(arg=None):
   c.weighting = dict(name='uniform')
   c.time_dist = dict(name='uniform')
   c.optim = config_lib.optim(lr=1e-4, weight_decay=0.0, grad_clip=0.0)
-  c.sampler = dict(name='ddim', steps=250, cfg_scale=1.5)
+  c.sampler = dict(name='ddim', steps=250, cfg_scale=1.5,
+                   cfg_rescale=0.0, cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.sharding = config_lib.mesh_and_sharding('dp')
   c.eval = dict(features=dict(feature_net='inception',
                               reference='imagenet256:validation',

@@ -33,7 +33,8 @@ def get_config(arg=None):
   c.time_dist = dict(name='uniform')
   c.optim = config_lib.optim(lr=1e-3, warmup_steps=200, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name='heun', steps=32, cfg_scale=1.5)
+  c.sampler = dict(name='heun', steps=32, cfg_scale=1.5,
+                   cfg_rescale=0.0, cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.num_grid_samples = 100
   c.eval = dict(features=dict(feature_net='digits', reference='digits:test',
                               num_samples=1000, batch=500))

@@ -27,7 +27,8 @@ def get_config(arg=None):
                  variant=arg.variant, num_classes=10)
   c.model.dtype = 'float32'  # 'bfloat16': bf16 compute, fp32 params.
   c.optim = config_lib.optim(lr=1e-4, grad_clip=1.0)
-  c.sampler = dict(name='heun', steps=125, cfg_scale=1.5)
+  c.sampler = dict(name='heun', steps=125, cfg_scale=1.5,
+                   cfg_rescale=0.0, cfg_interval=(0.0, 1.0), cfg_channels=0)
   config_lib.cifar10(c, runlocal=arg.runlocal, num_classes=10)
   if arg.runlocal:
     c.model.update(variant=None, width=32, depth=1, heads=2,

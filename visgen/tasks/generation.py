@@ -129,7 +129,7 @@ class GenerationTask:
     conditional model (DiT's convention). The sampler config's optional
     `cfg_rescale` (phi, default 0: off), `cfg_interval` ((t_lo, t_hi),
     default None: every t) and `cfg_channels` (DiT's partial guidance,
-    default None: every channel) configure it.
+    default None or 0: every channel) configure it.
     """
     del frozen
     name, kw = config_lib.named(self.sampler_cfg)
@@ -141,7 +141,7 @@ class GenerationTask:
           denoise, scale=guidance, null_class=self.num_classes,
           rescale=opts.get('cfg_rescale', 0.0),
           interval=None if interval is None else tuple(interval),
-          channels=opts.get('cfg_channels'))
+          channels=opts.get('cfg_channels') or None)
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
     steps = kw.pop('steps')
