@@ -20,17 +20,13 @@ from visgen.models.functional import make_apply
 from visgen.models.functional import param_shardings
 from visgen.models.functional import split_model
 from visgen.models.mlp import MLPDenoiser
+from visgen.models.unet import UNet
 from visgen.registry import Registry
 
 MODELS = Registry('model')
 MODELS.register('mlp')(MLPDenoiser)
 MODELS.register('dit')(DiT)
-
-try:  # The U-Net lands separately; the registry works without it.
-  from visgen.models.unet import UNet
-  MODELS.register('unet')(UNet)
-except ImportError:  # pragma: no cover
-  UNet = None
+MODELS.register('unet')(UNet)
 
 
 def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:

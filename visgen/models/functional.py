@@ -59,8 +59,9 @@ def logical_axes(params: nnx.State) -> nnx.State:
                       is_leaf=_is_var)
 
 
-def logical_to_spec(names: Sequence[str | None] | None,
-                    rules: Sequence[tuple[str, Any]]) -> jax.sharding.PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None] | None,
+    rules: Sequence[tuple[str, Any]]) -> jax.sharding.PartitionSpec:
   """Maps logical names to a PartitionSpec with (logical, mesh_axes) rules.
 
   Names without a rule, and None, are replicated. A mesh axis is used at most
