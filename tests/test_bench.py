@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from visgen import bench
+from visgen import hugepages
 from visgen import bench_config
 
 
@@ -29,7 +30,7 @@ def test_ensure_hugepages_reexecs_once(monkeypatch):
   monkeypatch.delenv('VISGEN_NO_HUGEPAGE_REEXEC', raising=False)
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
   with pytest.raises(SystemExit):
-    bench.ensure_hugepages()
+    hugepages.ensure_hugepages()
   path, argv, env = calls[0]
   assert path == sys.executable and argv[0] == sys.executable
   assert env['GLIBC_TUNABLES'] == (
@@ -37,11 +38,11 @@ def test_ensure_hugepages_reexecs_once(monkeypatch):
   assert env['VISGEN_NO_HUGEPAGE_REEXEC'] == '1'
   # Already set (the re-executed process), or opted out: no exec.
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
-  bench.ensure_hugepages()
+  hugepages.ensure_hugepages()
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=0')
-  assert not bench.hugepages_enabled()
+  assert not hugepages.hugepages_enabled()
   monkeypatch.setenv('VISGEN_NO_HUGEPAGE_REEXEC', '1')
-  bench.ensure_hugepages()
+  hugepages.ensure_hugepages()
   assert len(calls) == 1
 
 

@@ -31,33 +31,8 @@ import sys
 import time
 from typing import Any
 
-HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
-_NO_REEXEC = 'VISGEN_NO_HUGEPAGE_REEXEC'
-
-
-def hugepages_enabled() -> bool:
-  return 'glibc.malloc.hugetlb=' in os.environ.get('GLIBC_TUNABLES', '') and (
-      'glibc.malloc.hugetlb=0' not in os.environ['GLIBC_TUNABLES'])
-
-
-def ensure_hugepages() -> None:
-  """Re-executes this process with glibc huge pages unless already set.
-
-  Call it first thing in an entry point (before JAX allocates anything). It
-  returns without doing anything when the tunable is present, when
-  VISGEN_NO_HUGEPAGE_REEXEC=1, or off Linux. Otherwise it does not return.
-  """
-  if (hugepages_enabled() or os.environ.get(_NO_REEXEC) == '1'
-      or not sys.platform.startswith('linux')):
-    return
-  env = dict(os.environ)
-  old = env.get('GLIBC_TUNABLES')
-  env['GLIBC_TUNABLES'] = f'{old}:{HUGEPAGE_TUNABLE}' if old else (
-      HUGEPAGE_TUNABLE)
-  env[_NO_REEXEC] = '1'  # Never loop, even if glibc ignores the tunable.
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+from visgen.hugepages import ensure_hugepages  # noqa: E402
+from visgen.hugepages import hugepages_enabled  # noqa: E402
 
 
 # Decide before absl/JAX import anything heavy.
