@@ -37,7 +37,9 @@ def get_config(arg=None):
                    cfg_rescale=0.0, cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.num_grid_samples = 100
   c.eval = dict(features=dict(feature_net='digits', reference='digits:test',
-                              num_samples=1000, batch=500))
+                              num_samples=1000, batch=500),
+                bits_per_dim=dict(split='test', num_images=297, batch=99,
+                                  steps=50))
 
   if arg.runlocal:
     c.total_steps = 4

@@ -27,13 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from visgen.samplers import likelihood
+
 DATA_SCALE = 127.5
 
 
 def nats_to_bits_per_dim(*, nll_nats, num_dims: int,
                          scale: float = DATA_SCALE):
-  """bpd of the dequantised discrete data from nats of y = z / scale - 1."""
-  return (jnp.asarray(nll_nats) / num_dims + np.log(scale)) / np.log(2.0)
+  """bpd of the dequantised discrete data from nats of y = z / scale - 1
+  (the core's `likelihood.bits_per_dim` with one bin = 1 / scale)."""
+  return likelihood.bits_per_dim(nll_nats, dim=num_dims, bin_width=1.0 / scale)
 
 
 def dequantize(images_uint8, key, *, scale: float = DATA_SCALE):

@@ -45,24 +45,37 @@ def _sum_except_batch(u):
   return jnp.sum(u.reshape(u.shape[0], -1), axis=-1)
 
 
+# Divergences use reverse mode (vector-Jacobian products): the models' matmuls
+# carry a custom VJP (bf16 operands with fp32 gradients), which forward mode
+# cannot differentiate.
+
+
 def exact_divergence(fn, x):
   """div fn at x (B, ...) for a function acting on each example separately."""
   shape = x.shape
   d = math.prod(shape[1:])
+  _, vjp_fn = jax.vjp(fn, x)
 
-  def column(i):
+  def row(i):
     e = jnp.broadcast_to(jax.nn.one_hot(i, d, dtype=x.dtype), (shape[0], d))
-    jvp = jax.jvp(fn, (x,), (e.reshape(shape),))[1]
-    return jvp.reshape(shape[0], d)[:, i]
+    return vjp_fn(e.reshape(shape))[0].reshape(shape[0], d)[:, i]
 
-  return jnp.sum(jax.lax.map(column, jnp.arange(d)), axis=0)
+  return jnp.sum(jax.lax.map(row, jnp.arange(d)), axis=0)
+
+
+def velocity_and_divergence(fn, x, probe=None):
+  """(fn(x), div fn(x)): exact, or Hutchinson's eps^T (d fn / dx) eps (an
+  unbiased estimate for E[eps eps^T] = I) when a probe is given."""
+  v, vjp_fn = jax.vjp(fn, x)
+  if probe is None:
+    return v, exact_divergence(fn, x)
+  return v, _sum_except_batch(probe * vjp_fn(probe)[0])
 
 
 def hutchinson_divergence(fn, x, probe):
   """eps^T (d fn / dx) eps, an unbiased estimate of div fn for E[eps eps^T]
   = I."""
-  jvp = jax.jvp(fn, (x,), (probe,))[1]
-  return _sum_except_batch(probe * jvp)
+  return velocity_and_divergence(fn, x, probe)[1]
 
 
 def ode_log_likelihood(denoise_fn, x, *, path, prediction, cond=None, y=None,
@@ -103,13 +116,8 @@ def ode_log_likelihood(denoise_fn, x, *, path, prediction, cond=None, y=None,
   def rhs(t, state):
     xt, _ = state
     v_fn = lambda u: view.velocity(u, t)
-    if divergence == 'exact':
-      div = exact_divergence(v_fn, xt)
-      v = v_fn(xt)
-    else:
-      v, jvp = jax.jvp(v_fn, (xt,), (eps,))
-      div = _sum_except_batch(eps * jvp)
-    return v, div
+    return velocity_and_divergence(
+        v_fn, xt, None if divergence == 'exact' else eps)
 
   state0 = (x, jnp.zeros(x.shape[:1], jnp.float32))
   if method == 'dopri5':
