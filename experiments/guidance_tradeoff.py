@@ -1,6 +1,8 @@
 r"""Guided versus unguided class-conditional sampling: the field's table.
 
   python -m experiments.guidance_tradeoff --workdir=/tmp/guidance
+  python -m experiments.guidance_tradeoff --workdir=/tmp/guidance_shapes \
+      --dataset=shapes
 
 ADM (Dhariwal & Nichol 2021, Table 4) reports that classifier guidance buys
 FID and precision with recall (ImageNet 256: ADM 10.94 / 0.69 / 0.63 against
@@ -24,6 +26,15 @@ with its scale. This reproduces the experiment on the embedded digits:
    the real-against-real floor (train split vs test split), and the class
    accuracy of the samples under that independent digits classifier.
 
+`--dataset=shapes` runs the same experiment on the scene world's labels (the
+shape of the largest visible object, 4 classes) at 16x16 RGB:
+configs/shapes_cfg.py and configs/shapes_noisy_classifier.py, scored by the
+`shapes` attribute net against the shapes test split (shapes-FID, ...). Use
+one workdir per dataset.
+
+Both tables also give the class accuracy of the real test images under the
+evaluator's classifier (beside the floor): the ceiling of the samples'.
+
 Writes WORKDIR/results.json ({"rows": [...], "floor": ..., ...}), class grids
 WORKDIR/grids/<guidance>_<scale>.png, and prints the Markdown table. Re-runs
 reuse both trained networks. `--sampler=ddpm` samples ancestrally, with
@@ -32,6 +43,7 @@ results_ddpm.json / grids_ddpm/ beside the default table.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -40,15 +52,54 @@ from absl import logging
 import jax
 import numpy as np
 
+from visgen import registry
 from visgen.classification import guided_sampling
+from visgen.evaluators import datasets
 from visgen.evaluators import in_loop
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 
-def generator_config(steps: int, *, runlocal: bool = False):
-  c = guided_sampling.load_config(os.path.join(ROOT, 'configs/quickstart.py')
-                                  + (':runlocal' if runlocal else ''))
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What the experiment trains and scores on one dataset."""
+
+  generator: str  # config file (relative to ROOT) of the generator
+  classifier: str  # config file of the noise-aware classifier
+  feature_net: str  # visgen.evaluators.feature_nets name (metrics' space)
+  reference: str  # 'dataset:split' the samples are compared with
+  gen_steps: int  # default training steps
+  cls_steps: int
+  metric_space: str  # how results.json describes the metrics
+
+
+DATASETS = registry.Registry('guidance-tradeoff dataset')
+DATASETS.register('digits')(Dataset(
+    generator='configs/quickstart.py',
+    classifier='configs/digits_noisy_classifier.py',
+    feature_net='digits', reference='digits:test', gen_steps=3000,
+    cls_steps=2000,
+    metric_space=("digits feature net (visgen.evaluators.feature_nets "
+                  "'digits'), reference: digits test split at 8x8; not "
+                  'Inception metrics; sFID undefined (no spatial '
+                  'features)')))
+DATASETS.register('shapes')(Dataset(
+    generator='configs/shapes_cfg.py',
+    classifier='configs/shapes_noisy_classifier.py',
+    feature_net='shapes', reference='shapes:test', gen_steps=4000,
+    cls_steps=2000,
+    metric_space=("shapes attribute net (visgen.evaluators.feature_nets "
+                  "'shapes', 32x32 input: 16x16 images upsampled), "
+                  'reference: shapes test split (10000 scenes) at 16x16; '
+                  'not Inception metrics; sFID undefined (no spatial '
+                  'features)')))
+
+
+def generator_config(steps: int, *, runlocal: bool = False,
+                     dataset: str = 'digits'):
+  c = guided_sampling.load_config(
+      os.path.join(ROOT, DATASETS.get(dataset).generator)
+      + (':runlocal' if runlocal else ''))
   c.total_steps = steps
   c.eval = {}  # This experiment evaluates every row itself.
   c.ckpt_every = max(steps // 3, 1)
@@ -57,9 +108,10 @@ def generator_config(steps: int, *, runlocal: bool = False):
   return c
 
 
-def classifier_config(steps: int, *, runlocal: bool = False):
+def classifier_config(steps: int, *, runlocal: bool = False,
+                      dataset: str = 'digits'):
   c = guided_sampling.load_config(
-      os.path.join(ROOT, 'configs/digits_noisy_classifier.py')
+      os.path.join(ROOT, DATASETS.get(dataset).classifier)
       + (':runlocal' if runlocal else ''))
   c.total_steps = steps
   c.ckpt_every = max(steps // 2, 1)
@@ -74,34 +126,36 @@ def rows_spec(cfg_scales, cls_scales):
   return rows
 
 
-def markdown(rows, floor) -> str:
-  head = ('| guidance | scale | digits-FID | sFID | digits-Precision | '
-          'digits-Recall | class accuracy |')
+def markdown(rows, floor, *, net: str = 'digits') -> str:
+  head = (f'| guidance | scale | {net}-FID | sFID | {net}-Precision | '
+          f'{net}-Recall | class accuracy |')
   lines = [head, '|' + '---|' * 7]
   for r in rows:
     lines.append(
         f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | n/a | "
         f"{r['precision']:.3f} | {r['recall']:.3f} | "
         f"{r['class_accuracy']:.3f} |")
+  acc = floor.get('class_accuracy')
   lines.append(f"| real test vs train (floor) | - | {floor['fid']:.2f} | "
                f"n/a | {floor['precision']:.3f} | {floor['recall']:.3f} | "
-               f"- |")
+               + ('-' if acc is None else f'{acc:.3f}') + ' |')
   return '\n'.join(lines)
 
 
 def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
         cfg_scales, cls_scales, batch: int = 500, runlocal: bool = False,
         grids: bool = True, sampler: str | None = None,
-        steps: int | None = None) -> dict:
+        steps: int | None = None, dataset: str = 'digits') -> dict:
+  spec = DATASETS.get(dataset)
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   gen = guided_sampling.load_trained(
-      generator_config(gen_steps, runlocal=runlocal),
+      generator_config(gen_steps, runlocal=runlocal, dataset=dataset),
       os.path.join(workdir, 'generator'),
       train_if_needed=True)
   t_gen = time.time() - t0
   cls = guided_sampling.load_trained(
-      classifier_config(cls_steps, runlocal=runlocal),
+      classifier_config(cls_steps, runlocal=runlocal, dataset=dataset),
       os.path.join(workdir, 'classifier'),
       train_if_needed=True)
   t_cls = time.time() - t0 - t_gen
@@ -111,9 +165,17 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
                                                  steps)
   guided = guided_sampling.GuidedSampler(gen, cls, batch=batch,
                                          sampler=sampler_cfg)
+  net = spec.feature_net
+  ref_name, ref_split = spec.reference.split(':')
+  reference = datasets.load_images(ref_name, split=ref_split,
+                                   size=gen.task.x_shape[0])
   evaluator = in_loop.InLoopEvaluator(
-      feature_net='digits', reference='digits:test', num_samples=num_samples,
-      image_size=gen.task.x_shape[0], batch_size=batch)
+      feature_net=net, reference=reference, num_samples=num_samples,
+      batch_size=batch)
+  # The samples' ceiling: the evaluator's accuracy on the real test images
+  # (its logits were computed with the reference features).
+  real_accuracy = float(np.mean(np.argmax(
+      np.concatenate(evaluator.ref.logits), -1) == reference['label']))
   rows = []
   for i, (kind, scale) in enumerate(rows_spec(cfg_scales, cls_scales)):
     t_row = time.time()
@@ -123,10 +185,10 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
       return guided(labels, key, kind=kind, scale=scale), labels
 
     m = evaluator.run(sample_fn, jax.random.key(100 + i))
-    row = dict(guidance=kind, scale=scale, fid=m['digits_fid'], sfid=None,
-               precision=m['digits_precision'], recall=m['digits_recall'],
-               kid=m['digits_kid'],
-               class_accuracy=m['digits_class_accuracy'],
+    row = dict(guidance=kind, scale=scale, fid=m[f'{net}_fid'], sfid=None,
+               precision=m[f'{net}_precision'], recall=m[f'{net}_recall'],
+               kid=m[f'{net}_kid'],
+               class_accuracy=m[f'{net}_class_accuracy'],
                base='unconditional' if (kind, scale) == ('cfg', 0.0)
                else 'conditional',
                wall_time_s=round(time.time() - t_row, 1))
@@ -140,15 +202,13 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
           f'_{sampler}' if sampler else ''), f'{kind}_{scale:g}.png'),
                          jax.random.key(7), kind=kind, scale=scale,
                          per_class=10)
-  floor = {k2: m[f'digits_{k2}_floor'] for k2 in ('fid', 'precision',
-                                                  'recall', 'kid')}
+  floor = {k2: m[f'{net}_{k2}_floor'] for k2 in ('fid', 'precision',
+                                                 'recall', 'kid')}
+  floor['class_accuracy'] = real_accuracy
   results = dict(
-      rows=rows, floor=floor,
-      metric_space=('digits feature net (visgen.evaluators.feature_nets '
-                    "'digits'), reference: digits test split at 8x8; not "
-                    'Inception metrics; sFID undefined (no spatial '
-                    'features)'),
-      class_accuracy_by='the evaluator\'s digits classifier (independent '
+      dataset=dataset, rows=rows, floor=floor,
+      metric_space=spec.metric_space,
+      class_accuracy_by=f'the evaluator\'s {net} classifier (independent '
                         'of the guidance classifier)',
       sampler=sampler_cfg, num_samples=num_samples,
       generator=dict(workdir=os.path.join(workdir, 'generator'),
@@ -168,7 +228,7 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
     results = dict(old, **results)
   with open(path, 'w') as f:
     json.dump(results, f, indent=2)
-  print(markdown(rows, floor))
+  print(markdown(rows, floor, net=net))
   print(f"wall time: {results['wall_time_s']}")
   return results
 
@@ -176,8 +236,14 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[1])
   parser.add_argument('--workdir', required=True, help='Output directory.')
-  parser.add_argument('--generator_steps', type=int, default=3000)
-  parser.add_argument('--classifier_steps', type=int, default=2000)
+  parser.add_argument('--dataset', default='digits', choices=DATASETS.names(),
+                      help="'digits' (8x8, 10 classes) or 'shapes' (the "
+                      'scene world at 16x16, 4 shape classes).')
+  parser.add_argument('--generator_steps', type=int, default=None,
+                      help='Default: the dataset\'s (digits 3000, shapes '
+                      '4000).')
+  parser.add_argument('--classifier_steps', type=int, default=None,
+                      help='Default: the dataset\'s (2000).')
   parser.add_argument('--num_samples', type=int, default=1000,
                       help='Samples per row.')
   parser.add_argument('--cfg_scales', default='0,1.5,2,3,5',
@@ -196,10 +262,13 @@ def main(argv=None):
   logging.set_verbosity(logging.INFO)  # the loop's progress lines
   if args.quick:
     run(args.workdir, gen_steps=20, cls_steps=20, num_samples=40,
-        cfg_scales=['0', '3'], cls_scales=['2'], batch=40, runlocal=True)
+        cfg_scales=['0', '3'], cls_scales=['2'], batch=40, runlocal=True,
+        dataset=args.dataset)
   else:
-    run(args.workdir, gen_steps=args.generator_steps,
-        cls_steps=args.classifier_steps, num_samples=args.num_samples,
+    spec = DATASETS.get(args.dataset)
+    run(args.workdir, gen_steps=args.generator_steps or spec.gen_steps,
+        cls_steps=args.classifier_steps or spec.cls_steps,
+        num_samples=args.num_samples, dataset=args.dataset,
         cfg_scales=args.cfg_scales.split(','),
         cls_scales=args.classifier_scales.split(','), sampler=args.sampler,
         steps=args.steps)

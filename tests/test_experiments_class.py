@@ -10,10 +10,12 @@ import os
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from experiments import diffusion_classifier
 from experiments import guidance_tradeoff
 from visgen.classification import guided_sampling
+from visgen.data import shapes
 
 
 def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
@@ -33,6 +35,9 @@ def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
   # Different guidance, different samples (same keys per row index aside).
   assert len({round(r['fid'], 6) for r in rows}) == len(rows)
   assert res['floor']['fid'] >= 0.0
+  assert res['dataset'] == 'digits'
+  # The evaluator's accuracy on the real test digits: the samples' ceiling.
+  assert 0.9 <= res['floor']['class_accuracy'] <= 1.0
   assert res['generator']['step'] == 4 and res['classifier']['step'] == 4
 
   # The class-grid command on the same runs (deliverable: a sampling
@@ -68,3 +73,35 @@ def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
   with open(os.path.join(d, 'results.json')) as f:
     saved = json.load(f)
   assert {'rows', 'digits', 'gmm'} <= set(saved)
+
+
+def test_shapes_dataset_pairs_generator_classifier_and_scorer():
+  """The scene-world table: its configs agree with each other and the net."""
+  spec = guidance_tradeoff.DATASETS.get('shapes')
+  assert spec.feature_net == 'shapes' and spec.reference == 'shapes:test'
+  for runlocal in (False, True):
+    gen = guidance_tradeoff.generator_config(5, runlocal=runlocal,
+                                             dataset='shapes')
+    cls = guidance_tradeoff.classifier_config(5, runlocal=runlocal,
+                                              dataset='shapes')
+    assert gen.total_steps == cls.total_steps == 5 and not dict(gen.eval)
+    assert gen.data.name == cls.data.name == 'shapes'
+    assert gen.data.resolution == cls.data.resolution
+    # A noise-aware classifier must see x_t of the generator's own path.
+    assert gen.path.to_dict() == cls.path.to_dict()
+    assert tuple(gen.task.x_shape) == tuple(cls.task.x_shape) == (
+        gen.data.resolution, gen.data.resolution, 3)
+    assert gen.task.num_classes == cls.task.num_classes == len(shapes.SHAPES)
+    assert gen.task.label_dropout > 0.0  # the null class, for CFG
+  with pytest.raises(ValueError, match='Valid choices: digits, shapes'):
+    guidance_tradeoff.DATASETS.get('cifar10')
+  table = guidance_tradeoff.markdown(
+      [dict(guidance='cfg', scale=2.0, fid=1.5, precision=0.5, recall=0.25,
+            class_accuracy=0.75)],
+      dict(fid=0.5, precision=0.875, recall=0.9375, class_accuracy=0.625),
+      net='shapes')
+  assert table.splitlines()[0].startswith(
+      '| guidance | scale | shapes-FID | sFID | shapes-Precision |')
+  assert table.splitlines()[2] == (
+      '| cfg | 2 | 1.50 | n/a | 0.500 | 0.250 | 0.750 |')
+  assert table.splitlines()[3].endswith('| 0.875 | 0.938 | 0.625 |')
