@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from visgen.hugepages import ensure_hugepages  # noqa: E402
+from visgen.hugepages import HUGEPAGE_TUNABLE  # noqa: E402
 from visgen.hugepages import hugepages_enabled  # noqa: E402
 
 
