@@ -52,7 +52,7 @@ def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
       f'--classifier={d}/classifier', '--guidance=classifier',
       '--scale=2', '--per_class=2', f'--out={png}'])
   with Image.open(png) as im:  # 10 class rows of 8x8 digits, upscaled 4x
-    assert im.size == (2 * 8 * 4, 10 * 8 * 4)
+    assert im.size == ((2 * 9 - 1) * 4, (10 * 9 - 1) * 4)  # 1 px gaps
 
   gen_metrics = os.path.join(d, 'generator', 'metrics.json')
   stamp = os.path.getmtime(gen_metrics)

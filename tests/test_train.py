@@ -187,7 +187,9 @@ def test_bf16_compute_fp32_params_and_logging_outputs(tmp_path):
 
   grids = sorted(os.listdir(os.path.join(workdir, 'samples')))
   assert grids == ['samples_0000001.png', 'samples_0000002.png']
-  assert Image.open(os.path.join(workdir, 'samples.png')).size == (32, 320)
+  # One column, one row per class: 8x8 tiles, 1 px apart, upscaled 4x.
+  assert Image.open(os.path.join(workdir, 'samples.png')).size == (
+      8 * 4, (10 * 9 - 1) * 4)
   assert any(f.startswith('events.out.tfevents')
              for f in os.listdir(os.path.join(workdir, 'tb')))
   assert sorted(losses(workdir)) == [1, 2]

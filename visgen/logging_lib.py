@@ -19,15 +19,18 @@ import numpy as np
 from PIL import Image
 
 
-def image_grid(images_NxHxWxC: np.ndarray, rows: int) -> np.ndarray:
-  """Tiles uint8 images into a (rows*H, cols*W, C) grid, row-major."""
+def image_grid(images_NxHxWxC: np.ndarray, rows: int, *,
+               pad: int = 1) -> np.ndarray:
+  """Tiles uint8 images row-major into a grid with `pad` grey pixels between
+  tiles: (rows*(H+pad)-pad, cols*(W+pad)-pad, C)."""
   n, h, w, c = images_NxHxWxC.shape
   cols = math.ceil(n / rows)
-  pad = rows * cols - n
-  x = np.concatenate(
-      [images_NxHxWxC, np.zeros((pad, h, w, c), images_NxHxWxC.dtype)])
-  x = x.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
-  return x.reshape(rows * h, cols * w, c)
+  x = np.concatenate([images_NxHxWxC, np.zeros((rows * cols - n, h, w, c),
+                                               images_NxHxWxC.dtype)])
+  x = np.pad(x, ((0, 0), (0, pad), (0, pad), (0, 0)), constant_values=128)
+  x = x.reshape(rows, cols, h + pad, w + pad, c).transpose(0, 2, 1, 3, 4)
+  x = x.reshape(rows * (h + pad), cols * (w + pad), c)
+  return x[:x.shape[0] - pad, :x.shape[1] - pad]
 
 
 def save_png(path: str, grid_HxWxC: np.ndarray, upscale: int = 1):
