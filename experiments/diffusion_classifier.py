@@ -43,6 +43,7 @@ from visgen.data import preprocess
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 
+
 def discriminative_config(steps: int, *, width: int, depth: int,
                           runlocal: bool = False):
   arg = f':clean=true,width={width},depth={depth}' + (
@@ -157,7 +158,8 @@ def gmm_part(*, n: int, num_draws: int, paths=GMM_PATHS) -> dict:
                                     kind, k, t_min=1e-3, log_prior=log_prior)
     fn = jax.jit(lambda xb, dc=dc: dc.logits(xb, jax.random.key(13),
                                              num_draws=num_draws))
-    logits = _batched(lambda xb, i: fn(xb), np.asarray(x), min(n, 500))
+    logits = _batched(lambda xb, i, fn=fn: fn(xb), np.asarray(x),
+                      min(n, 500))
     acc = float(np.mean(np.argmax(logits, -1) == np.asarray(lab)))
     agree = float(np.mean(np.argmax(logits, -1) == np.argmax(exact, -1)))
     out[f'{path_name}_{kind}'] = dict(accuracy=acc, agreement=agree)

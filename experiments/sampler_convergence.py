@@ -37,8 +37,8 @@ from visgen.groundtruth import GaussianMixture
 from visgen.groundtruth import exact_marginal_sample
 from visgen.groundtruth import fit_order
 from visgen.groundtruth import gaussian_flow_map
-from visgen.groundtruth import sliced_wasserstein
 from visgen.groundtruth import make_mixture
+from visgen.groundtruth import sliced_wasserstein
 from visgen.interpolants import get_path
 from visgen.samplers import likelihood
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from visgen import bench
-from visgen import hugepages
 from visgen import bench_config
+from visgen import hugepages
 
 
 def test_matmul_peak_reports_both_precisions():

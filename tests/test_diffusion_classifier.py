@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from visgen.classification.diffusion_classifier import DiffusionClassifier
-from visgen.classification.diffusion_classifier import bayes_accuracy_sampling_error
+from visgen.classification.diffusion_classifier import (
+  bayes_accuracy_sampling_error,
+)
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 

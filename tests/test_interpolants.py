@@ -88,7 +88,8 @@ def test_closed_forms():
   ve = get_path('ve')
   np.testing.assert_allclose(ve.sigma(jnp.asarray([0.0, 1.0])), [0.01, 50.0],
                              rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(ve.ncsn_sigmas(10))[[0, -1]], [50.0, 0.01],
+  np.testing.assert_allclose(np.asarray(ve.ncsn_sigmas(10))[[0, -1]],
+                             [50.0, 0.01],
                              rtol=1e-5)
   edm = get_path('edm')
   np.testing.assert_allclose(edm.sigma(jnp.asarray([0.0, 1.0])), [0.002, 80.0],

@@ -101,6 +101,7 @@ def test_divergence_of_a_project_model():
   # The models' matmuls have a custom VJP, which forward mode cannot
   # differentiate: the divergences must work in reverse mode.
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from visgen import models  # pylint: disable=g-import-not-at-top
 
   graphdef, params = models.split_model(

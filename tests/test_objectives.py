@@ -9,13 +9,13 @@ import pytest
 
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
+from visgen.objectives import TIME_DISTS
+from visgen.objectives import WEIGHTINGS
 from visgen.objectives import exact_loss_grid
 from visgen.objectives import get_time_dist
 from visgen.objectives import get_weighting
 from visgen.objectives import predictions
 from visgen.objectives import unified_loss
-from visgen.objectives import TIME_DISTS
-from visgen.objectives import WEIGHTINGS
 
 
 def test_min_snr_is_the_same_objective_in_every_space():

@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from visgen import samplers
+from visgen.groundtruth import GaussianMixture
 from visgen.groundtruth import exact_marginal_sample
 from visgen.groundtruth import fit_order
 from visgen.groundtruth import gaussian_flow_map
-from visgen.groundtruth import sliced_wasserstein
-from visgen import samplers
-from visgen.groundtruth import GaussianMixture
 from visgen.groundtruth import make_mixture
+from visgen.groundtruth import sliced_wasserstein
 from visgen.interpolants import get_path
 from visgen.samplers import guidance
 

@@ -6,8 +6,8 @@ import signal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections as mlc
+import numpy as np
 import optax
 import pytest
 

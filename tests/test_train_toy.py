@@ -6,8 +6,8 @@ samples are 0.07-0.11 apart (the sampling floor), trained models land at
 0.10-0.19, and the N(0, 4 I) Gaussian is 2.8 away.
 """
 
-import jax
 from flax import nnx
+import jax
 import optax
 import pytest
 

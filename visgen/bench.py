@@ -31,10 +31,9 @@ import sys
 import time
 from typing import Any
 
-from visgen.hugepages import ensure_hugepages  # noqa: E402
 from visgen.hugepages import HUGEPAGE_TUNABLE  # noqa: E402
+from visgen.hugepages import ensure_hugepages  # noqa: E402
 from visgen.hugepages import hugepages_enabled  # noqa: E402
-
 
 # Decide before absl/JAX import anything heavy.
 if __name__ == '__main__':
@@ -50,6 +49,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from visgen import bench_config
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # -----------------------------------------------------------------------------

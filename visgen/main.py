@@ -25,6 +25,7 @@ if __name__ == '__main__':
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file(

@@ -4,7 +4,8 @@ Unknown names raise a ValueError that lists the valid choices, so a config typo
 is reported with its fix.
 """
 
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 
 class Registry:

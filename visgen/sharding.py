@@ -10,7 +10,8 @@ enough to be worth it.
 """
 
 import math
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 from flax import nnx
 import jax

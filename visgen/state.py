@@ -7,7 +7,9 @@ No RNG lives in the state: the step folds the step number into a fixed key,
 so a resumed run draws exactly the numbers an uninterrupted one would.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,8 @@ dict for now) is a separate argument that is neither optimised nor donated.
 The RNG is folded with the step number, so no RNG lives in the state.
 """
 
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

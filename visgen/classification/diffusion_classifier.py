@@ -26,7 +26,8 @@ uniform t near t = 0.
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -20,7 +20,9 @@ itself as model 'noisy_classifier', so the one training loop builds it from
 `config.model` (see `visgen.tasks.noisy_classifier`).
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 from flax import nnx
 import jax

@@ -96,7 +96,8 @@ class ShapesWorldSource:
   def __len__(self) -> int:
     return self.num_examples
 
-  @functools.lru_cache(maxsize=64)
+  # The source lives as long as its pipeline; the cache is bounded.
+  @functools.lru_cache(maxsize=64)  # noqa: B019
   def world(self, index: int) -> World:
     if not 0 <= index < self.num_examples:
       raise IndexError(f'index {index} out of range [0, {len(self)}).')

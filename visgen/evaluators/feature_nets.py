@@ -23,18 +23,16 @@ shapes 3 min, depending on load).
   the weight file has them).
 """
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import time
 
-import argparse
-
 import flax.nnx as nnx
 import flax.traverse_util as traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

@@ -111,8 +111,8 @@ def frechet_distance(
   if not np.isfinite(covmean).all():
     warnings.warn(
         'Fréchet distance: singular covariance product; adding '
-        f'{eps} to the diagonal of both covariances (as ADM does).'
-    )
+        f'{eps} to the diagonal of both covariances (as ADM does).',
+        stacklevel=2)
     offset = np.eye(sigma1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
   if np.iscomplexobj(covmean):

@@ -19,6 +19,7 @@ from visgen.evaluators import compare
 from visgen.evaluators import datasets
 from visgen.evaluators import feature_nets
 
+
 def make_reference(path: str, *, dataset: str, split: str,
                    size: int | None = None, num_examples: int | None = None,
                    feature_net: str | None = None) -> dict:

@@ -5,7 +5,8 @@ given y the shifted z = x_t - gamma y is again a mixture,
 z ~ sum_k pi_k N(alpha mu_k, alpha^2 S_k + sigma^2 I), and
 
   E[x0 | x_t] = sum_k r_k(z) (mu_k + alpha S_k C_k^{-1} (z - alpha mu_k)),
-  score(x_t)  = -sum_k r_k(z) C_k^{-1} (z - alpha mu_k),  C_k = alpha^2 S_k + sigma^2 I,
+  score(x_t)  = -sum_k r_k(z) C_k^{-1} (z - alpha mu_k),
+  C_k = alpha^2 S_k + sigma^2 I,
 
 with responsibilities r_k(z) proportional to pi_k N(z; alpha mu_k, C_k). Every
 prediction kind follows from E[x0 | x_t] by `predictions.convert`. Components

@@ -13,7 +13,8 @@ build their time grids through `logsnr` and its inverse `t_from_logsnr`.
 Other codebases' conventions map onto this one as follows: SiT and Meta's
 flow_matching put data at t = 1 and noise at t = 0, so their `t` is our
 `1 - t` and their velocity is minus ours; DDPM's discrete step `i` in
-{0, ..., T - 1} is our `t = (i + 1) / T`; EDM's and DDBM's `sigma` (their "time")
+{0, ..., T - 1} is our `t = (i + 1) / T`; EDM's and DDBM's `sigma` (their
+"time")
 is our `sigma(t)` evaluated at the `t` that gives it (`t_from_sigma`).
 """
 

@@ -20,7 +20,7 @@ from visgen.interpolants import base
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class VPPath(base.Path):
-  """Score-SDE's VP SDE with linear beta(s) = beta_min + s (beta_max - beta_min).
+  """Score-SDE's VP SDE, beta(s) = beta_min + s (beta_max - beta_min).
 
   log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2,
   sigma(t) = sqrt(1 - alpha(t)^2).
@@ -35,7 +35,8 @@ class VPPath(base.Path):
 
   def _log_alpha(self, t):
     t = jnp.asarray(t, jnp.float32)
-    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+    return (-0.25 * t**2 * (self.beta_max - self.beta_min)
+            - 0.5 * t * self.beta_min)
 
   def alpha(self, t):
     return jnp.exp(self._log_alpha(t))
@@ -182,7 +183,8 @@ class VEPath(base.Path):
         self.sigma_max / self.sigma_min)
 
   def ncsn_sigmas(self, num_levels: int = 10) -> jax.Array:
-    """NCSN's geometric noise levels, largest first (sigma_1 > ... > sigma_L)."""
+    """NCSN's geometric noise levels, largest first (sigma_1 > ... >
+    sigma_L)."""
     return self.sigma(jnp.linspace(1.0, 0.0, num_levels))
 
 

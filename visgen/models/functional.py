@@ -10,7 +10,9 @@ on). Each parameter carries logical axis names ('embed', 'mlp', 'heads',
 loop maps them to mesh axes with `param_shardings` and config rules.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 from flax import nnx
 import jax

@@ -9,7 +9,8 @@ final layer start at zero, as in ADM.
 """
 
 import math
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 from flax import nnx
 import jax

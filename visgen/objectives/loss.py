@@ -7,18 +7,22 @@ target is A_t x0 + B_t eps (+ C_t y for bridges), the weighting w (C) and the
 time distribution p (D). The squared error is averaged over the non-batch
 dimensions; conditioning passes through to the network untouched.
 
-| model family              | path         | prediction | weighting  | p(t)            |
-|---------------------------|--------------|------------|------------|-----------------|
-| DDPM (Ho et al.)          | ddpm_linear  | eps        | uniform    | discrete        |
-| improved DDPM             | ddpm_cosine  | eps        | uniform    | importance      |
-| NCSN / SMLD               | ve           | score      | edm-like * | uniform         |
-| Score-SDE VP / VE         | vp / ve      | score      | likelihood | uniform         |
-| Flow Matching / RF        | linear       | velocity   | uniform    | uniform / logit |
-| SiT (GVP interpolant)     | gvp          | velocity   | uniform    | uniform         |
-| EDM                       | edm          | edm        | edm        | lognormal_sigma |
-| DDBM                      | bridge_vp/ve | x0 / edm   | edm        | lognormal_sigma |
+| family           | path         | prediction | weighting      | p(t)         |
+|------------------|--------------|------------|----------------|--------------|
+| DDPM             | ddpm_linear  | eps        | uniform        | discrete     |
+| improved DDPM    | ddpm_cosine  | eps        | uniform        | importance   |
+| NCSN / SMLD      | ve           | score      | uniform(eps) * | uniform      |
+| Score-SDE VP/VE  | vp / ve      | score      | uniform(eps) / | uniform      |
+|                  |              |            | likelihood     |              |
+| Flow Matching/RF | linear       | velocity   | uniform        | logit_normal |
+| SiT (GVP)        | gvp          | velocity   | uniform        | uniform      |
+| EDM              | edm          | edm        | edm            | lognormal_   |
+|                  |              |            |                | sigma        |
+| DDBM             | bridge_vp/ve | x0 / edm   | edm            | lognormal_   |
+|                  |              |            |                | sigma        |
 
-(*) NCSN's lambda(sigma) = sigma^2 on the score MSE equals 'uniform' on eps.
+(*) `get_weighting('uniform', space='eps')`: NCSN's lambda(sigma) = sigma^2 on
+the score MSE is exactly the uniform eps MSE.
 """
 
 import jax

@@ -114,7 +114,7 @@ class LogNormalSigma(TimeDist):
 @TIME_DISTS.register('mode')
 @dataclasses.dataclass(frozen=True)
 class Mode(TimeDist):
-  """SD3's mode sampling with heavy tails: t = 1 - u - s (cos^2(pi u/2) - 1 + u)."""
+  """SD3's mode sampling: t = 1 - u - s (cos^2(pi u / 2) - 1 + u)."""
 
   scale: float = 1.29
   eps: float = 1e-5

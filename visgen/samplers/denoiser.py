@@ -13,7 +13,8 @@ Conventions (t = 0 data, t = 1 prior, x_t = alpha x0 + sigma eps + gamma y):
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -42,7 +42,9 @@ log p(c | x_t, t) (B,)` (e.g. `noisy_classifier.log_prob_fn`):
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

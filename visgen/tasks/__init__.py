@@ -23,6 +23,7 @@ TASKS = Registry('task')
 # pylint: disable=wrong-import-position
 from visgen.tasks import generation  # noqa: E402
 from visgen.tasks import noisy_classifier  # noqa: E402
+
 # pylint: enable=wrong-import-position
 
 
