@@ -43,6 +43,8 @@ import re
 
 import numpy as np
 
+from visgen.data import indexed
+
 SHAPES = ('circle', 'square', 'triangle', 'diamond')
 OBJECT_COLOURS = {
     'red': (220, 40, 40),
@@ -356,7 +358,7 @@ def render_example(scene: Scene, resolution: int) -> dict[str, np.ndarray]:
   )
 
 
-class ShapesSource:
+class ShapesSource(indexed.IndexedSource):
   """Random-access source of scenes: `len` and `[index]` -> dict of arrays.
 
   Args:
@@ -377,12 +379,8 @@ class ShapesSource:
     self.num_objects = num_objects
     self.num_examples = num_examples or DEFAULT_SIZE[split]
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def scene(self, index: int) -> Scene:
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     rng = split_rng(self.split, self.seed, index)
     return sample_scene(rng, self.resolution, num_objects=self.num_objects)
 

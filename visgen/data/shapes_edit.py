@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from visgen.data import indexed
 from visgen.data import shapes
 
 EDIT_TYPES = ('recolour', 'move', 'resize')
@@ -97,7 +98,7 @@ def sample_edit(rng: np.random.Generator, resolution: int,
       return scene, edited, k, kind, instruction
 
 
-class ShapesEditSource:
+class ShapesEditSource(indexed.IndexedSource):
   """Random-access paired edit examples.
 
   Keys: everything of `shapes.render_example` for the source scene, the same
@@ -119,12 +120,8 @@ class ShapesEditSource:
     self.edit_types = tuple(edit_types)
     self.num_examples = num_examples or shapes.DEFAULT_SIZE[split]
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def scenes(self, index: int):
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     # Seed offset keeps edit streams distinct from plain `shapes` streams.
     rng = shapes.split_rng(self.split, self.seed + 7_919, index)
     return sample_edit(rng, self.resolution, self.edit_types)

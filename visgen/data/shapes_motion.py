@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from visgen.data import digits as digits_lib
+from visgen.data import indexed
 from visgen.data import shapes
 
 
@@ -22,7 +23,7 @@ def bounce(p0, v, t, lo, hi):
   return lo + np.where(s <= length, s, 2 * length - s)
 
 
-class ShapesVideoSource:
+class ShapesVideoSource(indexed.IndexedSource):
   """Sequences of moving, bouncing shapes.
 
   Keys: 'image' (frame 0, uint8 (H, W, 3)), 'video' uint8 (T, H, W, 3),
@@ -42,13 +43,8 @@ class ShapesVideoSource:
     self.max_speed = max_speed or resolution / 8
     self.num_examples = num_examples or shapes.DEFAULT_SIZE[split]
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     res = self.resolution
     rng = shapes.split_rng(self.split, self.seed + 104_729, index)
     scene = shapes.sample_scene(rng, res)
@@ -81,7 +77,7 @@ class ShapesVideoSource:
     )
 
 
-class MovingDigitsSource:
+class MovingDigitsSource(indexed.IndexedSource):
   """Moving-MNIST-style sequences built from the embedded digits.
 
   `num_digits` digits of the given digits split, resized to `digit_size`
@@ -107,13 +103,8 @@ class MovingDigitsSource:
     self.digit_size = digit_size
     self.num_examples = num_examples or shapes.DEFAULT_SIZE[split]
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     res, ds, n = self.resolution, self.digit_size, self.num_digits
     rng = shapes.split_rng(self.split, self.seed + 130_363, index)
     which = rng.integers(len(self.labels), size=n)

@@ -15,6 +15,7 @@ import functools
 
 import numpy as np
 
+from visgen.data import indexed
 from visgen.data import shapes
 
 ACTIONS = ('noop', 'up', 'down', 'left', 'right')
@@ -77,7 +78,7 @@ class World:
     return self.map_semantic[y:y + self.resolution, x:x + self.resolution]
 
 
-class ShapesWorldSource:
+class ShapesWorldSource(indexed.IndexedSource):
   """Random-access trajectories of (frames, actions) in procedural worlds.
 
   Keys: 'image' (frame 0), 'video' uint8 (T, H, W, 3), 'actions' int32
@@ -93,14 +94,10 @@ class ShapesWorldSource:
     self.num_frames, self.map_factor = num_frames, map_factor
     self.num_examples = num_examples or shapes.DEFAULT_SIZE[split]
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   # The source lives as long as its pipeline; the cache is bounded.
   @functools.lru_cache(maxsize=64)  # noqa: B019
   def world(self, index: int) -> World:
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     rng = shapes.split_rng(self.split, self.seed + 15_485_863, index)
     return World(rng, resolution=self.resolution, map_factor=self.map_factor)
 

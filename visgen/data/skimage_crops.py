@@ -16,6 +16,8 @@ import functools
 import numpy as np
 from PIL import Image
 
+from visgen.data import indexed
+
 PHOTOS = {
     'train': ('astronaut', 'coffee', 'rocket', 'hubble_deep_field',
               'immunohistochemistry', 'camera', 'coins', 'brick', 'grass'),
@@ -43,7 +45,7 @@ def load_photos(split: str, downscale: int) -> tuple[np.ndarray, ...]:
   return tuple(out)
 
 
-class SkimageCropsSource:
+class SkimageCropsSource(indexed.IndexedSource):
   """Random-access deterministic crops (see the module docstring)."""
 
   def __init__(self, *, split: str = 'train', crop_size: int = 64,
@@ -60,13 +62,8 @@ class SkimageCropsSource:
     self.split, self.crop_size, self.seed = split, crop_size, seed
     self.num_examples = num_examples or (10_000 if split == 'train' else 1000)
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f'index {index} out of range [0, {len(self)}).')
+    index = self.check_index(index)
     rng = np.random.default_rng([_SPLIT_IDS[self.split], self.seed, index])
     k = int(rng.integers(len(self.photos)))
     photo, c = self.photos[k], self.crop_size

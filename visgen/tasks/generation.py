@@ -32,6 +32,17 @@ from visgen.tasks import TASKS
 CFG_KEYS = ('cfg_scale', 'cfg_rescale', 'cfg_interval', 'cfg_channels')
 
 
+def batch_to_x0(batch: dict, *, data_key: str = 'image',
+                latent_scale: float = 1.0, flatten: bool = False) -> jax.Array:
+  """x0 in model space: uint8 images -> [-1, 1]; float latents * scale."""
+  x = batch[data_key]
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    x = preprocess.to_float(x)
+  else:
+    x = x.astype(jnp.float32) * latent_scale
+  return x.reshape(x.shape[0], -1) if flatten else x
+
+
 def drop_labels(key: jax.Array, labels_B: jax.Array, *, p: float,
                 null_class: int) -> jax.Array:
   """Replaces each label by `null_class` with probability p, per sample."""
@@ -68,12 +79,8 @@ class GenerationTask:
   # -- Batch -> (x0, cond) --------------------------------------------------
 
   def to_x0(self, batch: dict) -> jax.Array:
-    x = batch[self.data_key]
-    if jnp.issubdtype(x.dtype, jnp.integer):
-      x = preprocess.to_float(x)
-    else:
-      x = x.astype(jnp.float32) * self.latent_scale
-    return x.reshape(x.shape[0], -1) if self.flatten else x
+    return batch_to_x0(batch, data_key=self.data_key,
+                       latent_scale=self.latent_scale, flatten=self.flatten)
 
   def from_x(self, x: jax.Array) -> jax.Array:
     """Model space -> data space (x_shape; latents unscaled)."""

@@ -28,12 +28,12 @@ from visgen import config_lib
 from visgen import interpolants
 from visgen import samplers
 from visgen.classification import noisy_classifier  # registers the model
-from visgen.data import preprocess
 from visgen.interpolants import base
 from visgen.objectives import predictions
 from visgen.objectives import time_dists
 from visgen.samplers import guidance as guidance_lib
 from visgen.tasks import TASKS
+from visgen.tasks import generation
 
 
 @TASKS.register('noisy_classifier')
@@ -65,12 +65,9 @@ class NoisyClassifierTask:
                        'stateless one (uniform, logit_normal, ...).')
 
   def to_x0(self, batch: dict) -> jax.Array:
-    x = batch[self.data_key]
-    if jnp.issubdtype(x.dtype, jnp.integer):
-      x = preprocess.to_float(x)
-    else:
-      x = x.astype(jnp.float32) * self.latent_scale
-    return x.reshape(x.shape[0], -1) if self.flatten else x
+    return generation.batch_to_x0(batch, data_key=self.data_key,
+                                  latent_scale=self.latent_scale,
+                                  flatten=self.flatten)
 
   def noisy(self, x0: jax.Array, key: jax.Array):
     """(x_t, t) with one t per example (x0 itself at t_min when clean)."""
