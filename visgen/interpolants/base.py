@@ -18,6 +18,7 @@ flow_matching put data at t = 1 and noise at t = 0, so their `t` is our
 is our `sigma(t)` evaluated at the `t` that gives it (`t_from_sigma`).
 """
 
+import abc
 import dataclasses
 import math
 
@@ -48,7 +49,7 @@ def _bisect_decreasing(fn, target, lo, hi, iters=60):
 
 
 @dataclasses.dataclass(frozen=True)
-class Path:
+class Path(abc.ABC):
   """Base class: subclasses implement `alpha` and `sigma` (and may override the
   derivatives, `gamma`, `t_from_logsnr` with closed forms).
 
@@ -68,11 +69,13 @@ class Path:
   variance_preserving = False
 
   # ---- coefficients -------------------------------------------------------
+  @abc.abstractmethod
   def alpha(self, t):
-    raise NotImplementedError(f'{type(self).__name__} must define alpha(t).')
+    """Signal coefficient alpha(t)."""
 
+  @abc.abstractmethod
   def sigma(self, t):
-    raise NotImplementedError(f'{type(self).__name__} must define sigma(t).')
+    """Noise coefficient sigma(t)."""
 
   def gamma(self, t):
     return jnp.zeros_like(jnp.asarray(t, jnp.float32))

@@ -10,6 +10,7 @@ Stateful samplers (ADM's loss-second-moment sampler) keep their state outside
 (`init_state()` / `update(state, t, losses)`), so training stays pure.
 """
 
+import abc
 import dataclasses
 import math
 
@@ -28,11 +29,12 @@ def _bounds(path, eps):
 
 
 @dataclasses.dataclass(frozen=True)
-class TimeDist:
+class TimeDist(abc.ABC):
   stateful = False
 
+  @abc.abstractmethod
   def sample(self, key, n, *, path=None, state=None):
-    raise NotImplementedError
+    """(t_n, correction_n)."""
 
 
 @TIME_DISTS.register('uniform')

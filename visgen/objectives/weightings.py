@@ -14,6 +14,7 @@ objective as "min-SNR with eps-prediction", as in Hang et al. (2023).
 All weightings are functions of log-SNR lambda(t) (or, for SD3's, of sigma / t).
 """
 
+import abc
 import dataclasses
 import math
 
@@ -26,14 +27,15 @@ WEIGHTINGS = registry.Registry('weighting')
 
 
 @dataclasses.dataclass(frozen=True)
-class Weighting:
+class Weighting(abc.ABC):
   """A weighting `fn(t, path)` defined in `space` (a kind or 'target')."""
 
   name: str
   space: str
 
+  @abc.abstractmethod
   def raw(self, *, t, path):
-    raise NotImplementedError
+    """The weight in `space` at times t."""
 
   def __call__(self, *, t, path, kind: str):
     """The weight applied to the MSE of prediction `kind`."""
