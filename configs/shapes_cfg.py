@@ -12,8 +12,9 @@ CFG) 7-20 s. Measured: at 4000 (and 10000) steps its samples are colour
 blobs, not yet recognisable shapes (shapes-FID ~290, class accuracy at
 chance); a convolutional model is what this data needs, but a U-Net does
 not fit the CPU budget (`:model=unet`, a 0.7M-parameter ADM U-Net,
-measured 3.7 s per batch-256 step against 0.15 s). Scored by the `shapes` attribute net (32x32 input: 16x16
-images are upsampled), the metrics are shapes-FID etc., not Inception's.
+measured 3.7 s per batch-256 step against 0.15 s). Scored by the `shapes`
+attribute net (32x32 input: 16x16 images are upsampled), the metrics are
+shapes-FID etc., not Inception's.
 The guidance experiment (`python -m experiments.guidance_tradeoff
 --dataset=shapes`) pairs it with configs/shapes_noisy_classifier.py.
 """
