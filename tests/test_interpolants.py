@@ -151,3 +151,34 @@ def test_bad_names_list_choices():
     get_path('interpolant')
   with pytest.raises(ValueError, match='Bad arguments'):
     get_path('vp', beta_mn=0.1)
+
+
+def _iddpm_linear_alpha_bars(num_timesteps):
+  """improved DDPM's get_named_beta_schedule('linear', T), then cumprod."""
+  scale = 1000 / num_timesteps
+  betas = np.linspace(scale * 0.0001, scale * 0.02, num_timesteps,
+                      dtype=np.float64)
+  return np.cumprod(1.0 - betas)
+
+
+@pytest.mark.parametrize('num_timesteps,golden_last', [(100, 2.039009e-05),
+                                                       (1000, 4.035830e-05)])
+def test_ddpm_linear_rescales_betas_with_num_timesteps(num_timesteps,
+                                                       golden_last):
+  p = get_path('ddpm_linear', num_timesteps=num_timesteps)
+  ref = _iddpm_linear_alpha_bars(num_timesteps)
+  # Golden values (float64, ADM / iDDPM tables): the prior end stays near
+  # alpha_bar = 2e-5 to 4e-5 for every T; it was 0.36 at T = 100 before the
+  # 1000 / T rescale.
+  assert ref[-1] == pytest.approx(golden_last, rel=1e-6)
+  np.testing.assert_allclose(p.alpha_bars(), ref, rtol=1e-12)
+  t = (np.arange(num_timesteps) + 1) / num_timesteps
+  np.testing.assert_allclose(np.asarray(p.alpha(jnp.asarray(t))) ** 2, ref,
+                             rtol=2e-4, atol=1e-9)
+  assert p.t_min == pytest.approx(1 / num_timesteps)
+  assert float(p.alpha(1.0)) ** 2 < 5e-5
+
+
+def test_ddpm_linear_refuses_too_few_steps():
+  with pytest.raises(ValueError, match='beta_end'):
+    get_path('ddpm_linear', num_timesteps=20).betas()

@@ -78,9 +78,26 @@ class SubVPPath(VPPath):
 def ddpm_betas(schedule: str, num_timesteps: int = 1000, *,
                beta_start: float = 1e-4, beta_end: float = 0.02,
                cosine_s: float = 0.008) -> np.ndarray:
-  """The discrete beta tables of DDPM (linear) and improved DDPM (cosine)."""
+  """The discrete beta tables of DDPM (linear) and improved DDPM (cosine).
+
+  The linear schedule's `beta_start` / `beta_end` are DDPM's values for
+  T = 1000 steps; as in ADM / improved DDPM (`get_named_beta_schedule`) both
+  are multiplied by 1000 / T, so that every T gives about the same
+  alpha_bar at the last step (~4e-5 at T = 1000, ~2e-5 at T = 100) and the
+  N(0, I) prior stays right. Without the rescale T = 100 would end at
+  alpha_bar = 0.36.
+  """
+  if num_timesteps < 1:
+    raise ValueError(f'num_timesteps must be >= 1, got {num_timesteps}.')
   if schedule == 'linear':
-    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    scale = 1000.0 / num_timesteps
+    if scale * beta_end >= 1.0:
+      raise ValueError(
+          f'The linear schedule rescaled to T = {num_timesteps} steps has '
+          f'beta_end = {scale * beta_end:.3g} >= 1; use num_timesteps > '
+          f'{int(1000 * beta_end)} or a smaller beta_end.')
+    return np.linspace(scale * beta_start, scale * beta_end, num_timesteps,
+                       dtype=np.float64)
   if schedule == 'cosine':
     f = lambda s: np.cos((s + cosine_s) / (1 + cosine_s) * np.pi / 2) ** 2
     i = np.arange(num_timesteps, dtype=np.float64)
@@ -96,6 +113,8 @@ class DiscreteVPPath(base.Path):
   Discrete step i (0-based, T steps) is t = (i + 1) / T, and t = 0 is clean data
   (alpha_bar = 1). Between grid points log(alpha_bar) is interpolated linearly,
   so alpha(t)^2 equals the discrete alpha-bar table exactly at the grid points.
+  `beta_start` / `beta_end` are the T = 1000 values, rescaled by 1000 / T
+  (see `ddpm_betas`); `t_min` defaults to the first step, 1 / T.
   """
 
   schedule: str = 'linear'
@@ -103,9 +122,14 @@ class DiscreteVPPath(base.Path):
   beta_start: float = 1e-4
   beta_end: float = 0.02
   cosine_s: float = 0.008
-  t_min: float = 1e-3  # the first DDPM step, t = 1 / T
+  t_min: float | None = None  # None: the first DDPM step, t = 1 / T
 
   variance_preserving = True
+
+  def __post_init__(self):
+    if self.t_min is None:
+      # A frozen dataclass: set the derived default once, at construction.
+      object.__setattr__(self, 't_min', 1.0 / self.num_timesteps)
 
   @property
   def name(self):
