@@ -1,6 +1,7 @@
 """Axes (B)-(D) and the unified loss: prediction kinds and their exact
 conversions, weightings, time distributions."""
 
+from visgen.objectives import precond
 from visgen.objectives import predictions
 from visgen.objectives.loss import exact_loss_grid
 from visgen.objectives.loss import unified_loss
@@ -9,5 +10,5 @@ from visgen.objectives.time_dists import get_time_dist
 from visgen.objectives.weightings import WEIGHTINGS
 from visgen.objectives.weightings import get_weighting
 
-__all__ = ['predictions', 'unified_loss', 'exact_loss_grid', 'get_time_dist',
-           'get_weighting', 'TIME_DISTS', 'WEIGHTINGS']
+__all__ = ['precond', 'predictions', 'unified_loss', 'exact_loss_grid',
+           'get_time_dist', 'get_weighting', 'TIME_DISTS', 'WEIGHTINGS']
