@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from visgen import models
+from visgen import param_tree
 
 
 def make_mesh(mesh_spec: Sequence[tuple[str, int]],
@@ -110,18 +111,21 @@ def tree_shardings(abstract_tree: Any, params_tree: Any,
                    param_sharding: Any, mesh: Mesh) -> Any:
   """Shardings for a tree holding params-shaped subtrees (optimizer state).
 
-  Every subtree with the params' structure (Adam's mu and nu, EMA copies)
-  gets the params' shardings; everything else (counters) is replicated.
+  Every leaf whose '/'-joined path ends with a parameter's path and that has
+  the parameter's shape (the params, Adam's mu and nu, EMA copies, also when
+  a trainable mask (`optim.trainable`) leaves out some of them) gets that
+  parameter's sharding; everything else (counters) is replicated.
   """
-  params_def = jax.tree.structure(params_tree)
-  param_leaves = jax.tree.leaves(param_sharding)
+  shapes = {p: tuple(x.shape) for p, x in param_tree.flatten(
+      params_tree).items()}
+  shards = param_tree.flatten(param_sharding)
 
-  def is_params(x):
-    return jax.tree.structure(x) == params_def
-
-  def one(x):
-    if is_params(x):
-      return jax.tree.unflatten(params_def, param_leaves)
+  def one(path, x):
+    parts = path.split('/')
+    for i in range(len(parts)):  # The longest matching suffix wins.
+      suffix = '/'.join(parts[i:])
+      if suffix in shards and shapes[suffix] == tuple(x.shape):
+        return shards[suffix]
     return replicated(mesh)
 
-  return jax.tree.map(one, abstract_tree, is_leaf=is_params)
+  return param_tree.map_with_path(one, abstract_tree)
