@@ -12,6 +12,16 @@ whose position is saved with `get_state` / `set_state`, or inside an Orbax
   mngr.restore(step, args=ocp.args.Composite(
       state=..., data=checkpoint_args(it, restore=True)))  # `it` moves.
 
+Conditioning of any kind travels in the same dicts: numeric entries (token
+ids, control maps, source images, masks, actions, frame stacks) are batched
+along a new leading axis and, with `make_global_array`, sharded over the
+mesh's batch axes exactly like images; strings (captions, instructions) stay
+on the host as numpy str arrays. Per-example host-side hooks (`transforms`,
+e.g. the tokenizer of `config.data.tokenizer`, `visgen.data.tokenize`) run
+before batching. A task declares the entries it reads as a batch spec
+({key: (shape, dtype)}, see `check_batch`); a missing or misshapen entry
+fails with a message naming the key and the expected and found shapes.
+
 Global order: the source is shuffled once per epoch (grain reseeds the
 shuffle each epoch), then flips are drawn per element of the global stream.
 Global batch k holds stream elements [k * B, (k + 1) * B); process p of P
@@ -21,9 +31,15 @@ the P processes together see exactly the single-process global batch, and
 """
 
 from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import Sequence
 
 import grain
 import numpy as np
+
+# Entries of `config.data` that configure the pipeline, not the source.
+PIPELINE_KEYS = ('batch_size', 'flip', 'num_threads', 'tokenizer')
 
 
 def _is_spatial(key: str) -> bool:
@@ -54,6 +70,7 @@ def make_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     num_threads: int = 0,
+    transforms: Sequence[Callable[[dict], dict]] = (),
 ) -> grain.DatasetIterator:
   """Returns a deterministic, checkpointable iterator of host-local batches.
 
@@ -74,6 +91,8 @@ def make_iterator(
     process_index: this process (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
     num_threads: grain read threads (0: read in the calling thread).
+    transforms: deterministic per-example maps applied after the flip and
+      before batching (host-side hooks such as tokenisation).
 
   Returns:
     A `grain.DatasetIterator` of dicts of numpy arrays (uint8 images).
@@ -107,6 +126,8 @@ def make_iterator(
   if flip:
     # A seed distinct from the shuffle's: flips must not correlate with order.
     ds = ds.random_map(_flip, seed=seed + 1_000_003)
+  for fn in transforms:
+    ds = ds.map(fn)
   ds = ds.batch(local, drop_remainder=drop_remainder)
   if process_count > 1:
     if not repeat:
@@ -117,6 +138,116 @@ def make_iterator(
       num_threads=num_threads, prefetch_buffer_size=2 * num_threads
   )
   return iter(ds.to_iter_dataset(read_options))
+
+
+def make_iterator_from_config(source, data_cfg: Mapping[str, Any], *,
+                              seed: int, **kwargs) -> grain.DatasetIterator:
+  """`make_iterator` with `config.data`'s pipeline entries (PIPELINE_KEYS):
+  batch_size, flip, num_threads and the tokenizer hook."""
+  transforms = list(kwargs.pop('transforms', ()))
+  tokenizer = data_cfg.get('tokenizer')
+  if tokenizer:
+    from visgen.data import tokenize  # pylint: disable=g-import-not-at-top
+
+    transforms.append(tokenize.make_hook(tokenizer))
+  return make_iterator(
+      source, batch_size=data_cfg['batch_size'], seed=seed,
+      flip=data_cfg.get('flip', False),
+      num_threads=data_cfg.get('num_threads', 0), transforms=transforms,
+      **kwargs)
+
+
+def source_kwargs(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """`config.data` without its name and pipeline entries: the source's
+  keyword arguments."""
+  return {k: v for k, v in dict(data_cfg).items()
+          if k != 'name' and k not in PIPELINE_KEYS}
+
+
+def _is_string(x) -> bool:
+  return np.asarray(x).dtype.kind in 'USO'
+
+
+def _fmt(shape, dtype) -> str:
+  dims = ', '.join('*' if d is None else str(d) for d in shape)
+  dims += ',' if len(shape) == 1 else ''
+  name = 'str' if dtype in (str, 'str') else str(np.dtype(dtype))
+  return f'({dims}) {name}'
+
+
+def _spec_entry(key: str, value) -> tuple[tuple, Any]:
+  """(shape, dtype) of a spec value: a (shape, dtype) pair or anything with
+  .shape and .dtype (jax.ShapeDtypeStruct, arrays)."""
+  if hasattr(value, 'shape') and hasattr(value, 'dtype'):
+    return tuple(value.shape), value.dtype
+  try:
+    shape, dtype = value
+    return tuple(shape), dtype
+  except (TypeError, ValueError) as e:
+    raise TypeError(f'Batch spec entry {key!r} must be (shape, dtype) or '
+                    f'have .shape and .dtype, got {value!r}.') from e
+
+
+def _dtype_ok(found: np.dtype, want) -> bool:
+  if want in (str, 'str'):
+    return found.kind in 'USO'
+  return found == np.dtype(want)
+
+
+def check_batch(batch: Mapping[str, Any], spec: Mapping[str, Any], *,
+                what: str = 'Batch') -> None:
+  """Raises ValueError unless every spec entry is in `batch` as specified.
+
+  Args:
+    batch: dict of (host-local or global) arrays.
+    spec: key -> (shape, dtype) or jax.ShapeDtypeStruct, shapes including
+      the leading batch axis; None in a shape matches any size; dtype str
+      (or 'str') matches any string array.
+    what: how the batch is named in messages.
+  """
+  problems = []
+  for key, value in spec.items():
+    shape, dtype = _spec_entry(key, value)
+    if key not in batch:
+      problems.append(f'no entry {key!r} (expected {_fmt(shape, dtype)})')
+      continue
+    x = batch[key]
+    found_shape = tuple(np.shape(x))
+    found_dtype = np.dtype(x.dtype) if hasattr(x, 'dtype') else (
+        np.asarray(x).dtype)
+    shape_ok = len(found_shape) == len(shape) and all(
+        w is None or w == f for w, f in zip(shape, found_shape))
+    if not shape_ok or not _dtype_ok(found_dtype, dtype):
+      problems.append(f'entry {key!r}: expected {_fmt(shape, dtype)}, found '
+                      f'{_fmt(found_shape, found_dtype)}')
+  if problems:
+    raise ValueError(
+        f'{what} does not match what the task reads:\n  '
+        + '\n  '.join(problems)
+        + f'\nThe batch has: {", ".join(sorted(batch))}. Check config.data '
+        '(dataset, resolution, tokenizer) against the task config.')
+
+
+def device_entries(batch: Mapping[str, Any],
+                   keys: Sequence[str] | None = None) -> dict[str, Any]:
+  """The entries that go to the devices: `keys` (default: every numeric
+  entry). Strings stay on the host; asking for one is an error that says to
+  tokenise it."""
+  if keys is None:
+    return {k: v for k, v in batch.items() if not _is_string(v)}
+  out = {}
+  for k in keys:
+    if k not in batch:
+      raise KeyError(f'The batch has no entry {k!r}; it has '
+                     f'{", ".join(sorted(batch))}.')
+    if _is_string(batch[k]):
+      raise ValueError(
+          f'Batch entry {k!r} holds strings (dtype {np.asarray(batch[k]).dtype}'
+          '), which stay on the host. Tokenise it (config.data.tokenizer = '
+          f"dict(name=..., keys=({k!r},))) and read '{k}_tokens' and "
+          f"'{k}_mask'.")
+    out[k] = batch[k]
+  return out
 
 
 def checkpoint_args(iterator: grain.DatasetIterator, *, restore: bool = False):
@@ -155,12 +286,12 @@ def make_global_array(batch, mesh, *, batch_axes=('data',)):
   from jax.sharding import PartitionSpec  # pylint: disable=g-import-not-at-top
 
   axes = tuple(batch_axes)
-  spec = PartitionSpec(axes if len(axes) > 1 else axes[0])
+  spec = PartitionSpec(axes if len(axes) > 1 else (axes[0] if axes else None))
   sharding = NamedSharding(mesh, spec)
 
   def to_global(x):
     x = np.asarray(x)
-    if x.dtype.kind not in 'biuf':
+    if x.dtype.kind not in 'biuf':  # Strings stay on the host.
       return x
     return jax.make_array_from_process_local_data(sharding, x)
 
