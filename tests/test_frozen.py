@@ -232,3 +232,45 @@ def test_frozen_part_bit_identical_while_trainable_subset_changes(run_dir):
       assert not np.array_equal(v, student_before[p]), p
     elif not p.startswith(('inp/', 'out/')):
       np.testing.assert_array_equal(v, student_before[p], err_msg=p)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    recs = [json.loads(line) for line in f]
+  return {r['step']: r['loss'] for r in recs if 'loss' in r}
+
+
+def test_loop_checkpoints_exclude_frozen_parts_and_resume(run_dir, tmp_path):
+  """The loop with a frozen teacher: the saved tree is exactly the train
+  state (no frozen leaf), and 2 + 2 steps equal 4 straight steps."""
+  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from visgen import builder  # pylint: disable=g-import-not-at-top
+  from visgen import train  # pylint: disable=g-import-not-at-top
+
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  def config(total):
+    c = tiny_config(total_steps=total, ckpt_every=2)
+    c.frozen.teacher = dict(source=f'workdir:{run_dir[0]}')
+    return c
+
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config(4), straight)
+  train.train_and_evaluate(config(2), resumed)
+  train.train_and_evaluate(config(4), resumed)
+  a, b = _losses(straight), _losses(resumed)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  np.testing.assert_array_equal([a[s] for s in a], [b[s] for s in a])
+
+  built = builder.build(config(4))
+  assert sorted(built.frozen.params) == ['teacher']
+  item = os.path.join(resumed, 'checkpoints', '4', 'state')
+  saved = ocp.PyTreeCheckpointer().metadata(item).item_metadata.tree
+  want = {p: tuple(x.shape) for p, x in param_tree.flatten(
+      built.abstract).items()}
+  got = {p: tuple(m.shape) for p, m in param_tree.flatten(saved).items()}
+  assert got == want
+  n_frozen = len(param_tree.flatten(built.frozen.params['teacher']))
+  n_params = len(param_tree.flatten(built.abstract_params))
+  # params + Adam's mu and nu + one EMA, and 2 counters and the step.
+  assert n_frozen > 0 and len(got) == 4 * n_params + 3

@@ -246,3 +246,41 @@ def test_init_from_errors_name_paths_and_shapes(tmp_path):
     warm_start.warm_start(state, dict(source=f'workdir:{tmp_path}/empty'))
   with pytest.raises(ValueError, match=r"unknown fields \['mappings'\]"):
     warm_start.warm_start(state, dict(source='a.npz', mappings=[]))
+
+
+def test_loop_init_from_fresh_runs_only_with_a_trainable_mask(
+    tmp_path, monkeypatch):
+  """Run B warm-starts from run A with blocks frozen: after training, B's
+  blocks are A's exactly and the rest moved; B's resumption restores its
+  own checkpoint and never warm-starts again."""
+  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from visgen import train  # pylint: disable=g-import-not-at-top
+
+  run_a, run_b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  train.train_and_evaluate(tiny_config(total_steps=2, ckpt_every=2), run_a)
+  src = weights_lib.read_checkpoint(run_a, weights='raw')
+
+  def config_b(total):
+    c = tiny_config(total_steps=total, ckpt_every=2)
+    c.init_from = dict(source=f'workdir:{run_a}', weights='raw')
+    c.optim.freeze = ['blocks/.*']
+    return c
+
+  train.train_and_evaluate(config_b(2), run_b)
+  got = weights_lib.read_checkpoint(run_b, weights='raw')
+  assert sorted(got) == sorted(src)
+  for p in src:
+    if p.startswith('blocks/'):
+      np.testing.assert_array_equal(got[p], src[p], err_msg=p)
+    elif p.endswith('kernel'):
+      assert not np.array_equal(got[p], src[p]), p
+
+  def refuse(*_):
+    raise AssertionError('a resumed run must not warm-start')
+
+  monkeypatch.setattr(warm_start, 'warm_start', refuse)
+  train.train_and_evaluate(config_b(4), run_b)
+  got4 = weights_lib.read_checkpoint(run_b, weights='raw', step=4)
+  for p in src:
+    if p.startswith('blocks/'):
+      np.testing.assert_array_equal(got4[p], src[p], err_msg=p)
