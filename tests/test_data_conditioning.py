@@ -180,3 +180,18 @@ def test_source_kwargs_drop_pipeline_entries():
   cfg = dict(name='shapes', resolution=16, batch_size=8, flip=True,
              num_threads=2, tokenizer='scene_words')
   assert pipeline.source_kwargs(cfg) == {'resolution': 16}
+
+
+def test_example_transforms_are_the_iterators_hooks():
+  source = _sources()['shapes']
+  cfg = dict(batch_size=2, tokenizer=dict(name='scene_words', max_len=20))
+  assert pipeline.example_transforms(dict(batch_size=2)) == []
+  (hook,) = pipeline.example_transforms(cfg)
+  it = pipeline.make_iterator_from_config(source, cfg, seed=0,
+                                          shuffle=False)
+  batch = next(it)
+  for i in range(2):
+    ex = hook(source[i])
+    np.testing.assert_array_equal(ex['caption_tokens'],
+                                  batch['caption_tokens'][i])
+    np.testing.assert_array_equal(ex['caption_mask'], batch['caption_mask'][i])

@@ -140,16 +140,24 @@ def make_iterator(
   return iter(ds.to_iter_dataset(read_options))
 
 
+def example_transforms(data_cfg: Mapping[str, Any]
+                       ) -> list[Callable[[dict], dict]]:
+  """The per-example host hooks `config.data` asks for (the tokenizer);
+  training batches and held-out evaluation batches both apply them."""
+  tokenizer = data_cfg.get('tokenizer')
+  if not tokenizer:
+    return []
+  from visgen.data import tokenize  # pylint: disable=g-import-not-at-top
+
+  return [tokenize.make_hook(tokenizer)]
+
+
 def make_iterator_from_config(source, data_cfg: Mapping[str, Any], *,
                               seed: int, **kwargs) -> grain.DatasetIterator:
   """`make_iterator` with `config.data`'s pipeline entries (PIPELINE_KEYS):
   batch_size, flip, num_threads and the tokenizer hook."""
-  transforms = list(kwargs.pop('transforms', ()))
-  tokenizer = data_cfg.get('tokenizer')
-  if tokenizer:
-    from visgen.data import tokenize  # pylint: disable=g-import-not-at-top
-
-    transforms.append(tokenize.make_hook(tokenizer))
+  transforms = list(kwargs.pop('transforms', ())) + example_transforms(
+      data_cfg)
   return make_iterator(
       source, batch_size=data_cfg['batch_size'], seed=seed,
       flip=data_cfg.get('flip', False),
