@@ -74,16 +74,42 @@ class GaussianMixture:
     return jnp.where(keep, log_w, -jnp.inf)
 
   # ---- marginals at time t -------------------------------------------------
+  def _eig(self):
+    """Eigendecomposition S_k = U_k diag(l_k) U_k^T: (l (K, D), U (K, D, D)).
+
+    Computed once in float64 numpy when the covariances are concrete, so the
+    per-call marginal below is matmuls only. A batched LAPACK factorisation
+    per call (the former per-example Cholesky of C_k) deadlocks jaxlib 0.10.2
+    on small CPUs: its LAPACK kernels split large batches over XLA's intra-op
+    pool and block waiting, and two such calls that XLA runs concurrently
+    (Heun's two C_k(t) factorisations do not depend on x) take every pool
+    thread. Traced covariances fall back to one (K, D, D) eigh per call.
+    """
+    cached = self.__dict__.get('_eig_cache')  # numpy: never a tracer
+    if cached is None:
+      try:
+        covs = np.asarray(self.covs, np.float64)
+      except jax.errors.TracerArrayConversionError:
+        return jnp.linalg.eigh(self.covs)
+      lam, vec = np.linalg.eigh(0.5 * (covs + np.swapaxes(covs, -1, -2)))
+      cached = (lam.astype(np.float32), vec.astype(np.float32))
+      object.__setattr__(self, '_eig_cache', cached)
+    return jnp.asarray(cached[0]), jnp.asarray(cached[1])
+
   def _marginal(self, z, alpha, sigma):
-    """Per-component log N(z; alpha mu_k, C_k) (n, K) and C_k^{-1}(z - m_k)."""
-    eye = jnp.eye(self.dim)
-    cov = (alpha[:, None, None, None] ** 2 * self.covs[None]
-           + sigma[:, None, None, None] ** 2 * eye)  # (n, K, D, D)
+    """Per-component log N(z; alpha mu_k, C_k) (n, K) and C_k^{-1}(z - m_k).
+
+    C_k = U_k diag(alpha^2 l_k + sigma^2) U_k^T, so the solve and the
+    log-determinant are closed form in the eigenbasis of S_k.
+    """
+    lam, vec = self._eig()
     diff = z[:, None, :] - alpha[:, None, None] * self.means[None]  # (n, K, D)
-    chol = jnp.linalg.cholesky(cov)
-    sol = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    logn = -0.5 * (jnp.sum(diff * sol, -1) + logdet
+    var = (alpha[:, None, None] ** 2 * lam[None]
+           + sigma[:, None, None] ** 2)  # (n, K, D) eigenvalues of C_k
+    proj = jnp.einsum('kde,nkd->nke', vec, diff)  # U_k^T diff
+    sol = jnp.einsum('kde,nke->nkd', vec, proj / var)
+    logdet = jnp.sum(jnp.log(var), -1)
+    logn = -0.5 * (jnp.sum(proj**2 / var, -1) + logdet
                    + self.dim * math.log(2 * math.pi))
     return logn, sol
 

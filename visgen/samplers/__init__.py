@@ -38,6 +38,7 @@ from visgen.samplers import dpm_solver  # noqa: F401
 from visgen.samplers import edm  # noqa: F401
 from visgen.samplers import ode  # noqa: F401
 from visgen.samplers import sde  # noqa: F401
+from visgen.samplers import unipc  # noqa: F401
 from visgen.samplers.denoiser import make_view
 from visgen.samplers.grids import GRIDS
 from visgen.samplers.grids import make_grid
@@ -107,13 +108,15 @@ def sample(name, denoise_fn, *, path, prediction, ts, x_init=None, key=None,
     if shape is None:
       raise ValueError('Pass x_init, or key and shape to sample the prior.')
     x_init = path.prior_sample(k_init, shape, y=y)
+  if spec.own_final:
+    options = dict(options, denoise_final=bool(denoise_final))
   try:
     x, info = spec.fn(view, x_init, ts, k_run, **options)
   except TypeError as e:
     if 'unexpected keyword' in str(e):
       raise ValueError(f'Bad option for sampler {name!r}: {e}') from e
     raise
-  if denoise_final:
+  if denoise_final and not spec.own_final:
     x = view.x0_eps(x, ts[-1])[0]
     info = dict(info, nfe=info['nfe'] + 1)
   return (x, info) if return_info else x

@@ -2,7 +2,10 @@
 
 A registered sampler is a `SamplerSpec`: `fn(view, x, ts, key, **options) ->
 (x, info)` with `view` a `denoiser.DenoiserView`, `x` the state at `ts[0]`,
-`ts` a decreasing time grid and `info` a dict holding at least 'nfe'. `check`
+`ts` a decreasing time grid and `info` a dict holding at least 'nfe'. A
+sampler registered with `own_final=True` also receives `denoise_final` and
+does the final denoising itself (EDM churns before it); for the others
+`samplers.sample` returns E[x0 | x_{ts[-1]}] after the loop. `check`
 returns None when the sampler applies to a path (and static options), else
 the reason it does not, so that an invalid combination fails with a message
 before anything is traced instead of producing NaNs.
@@ -25,9 +28,10 @@ class SamplerSpec:
   check: Callable
   stochastic: bool
   summary: str
+  own_final: bool = False
 
 
-def register(name, *, stochastic, summary, checks=()):
+def register(name, *, stochastic, summary, checks=(), own_final=False):
   """Registers `fn` as sampler `name` with applicability `checks`."""
 
   def check(path, options):
@@ -38,7 +42,8 @@ def register(name, *, stochastic, summary, checks=()):
     return None
 
   def decorator(fn):
-    SAMPLERS.register(name)(SamplerSpec(fn, check, stochastic, summary))
+    SAMPLERS.register(name)(SamplerSpec(fn, check, stochastic, summary,
+                                        own_final))
     return fn
 
   return decorator
