@@ -274,3 +274,47 @@ def test_loop_checkpoints_exclude_frozen_parts_and_resume(run_dir, tmp_path):
   n_params = len(param_tree.flatten(built.abstract_params))
   # params + Adam's mu and nu + one EMA, and 2 counters and the step.
   assert n_frozen > 0 and len(got) == 4 * n_params + 3
+
+
+_FSDP_SCRIPT = r'''
+import os, sys
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+import jax
+import numpy as np
+import ml_collections as mlc
+from visgen import config_lib, frozen, param_tree, sharding
+
+assert jax.device_count() == 8
+workdir, npz = sys.argv[1], sys.argv[2]
+model = dict(name='mlp', dim=4, width=8, depth=1, num_classes=2)
+c = mlc.ConfigDict()
+c.sharding = config_lib.mesh_and_sharding('fsdp')
+c.frozen = dict(w=dict(source='workdir:' + workdir, weights='raw'),
+                f=dict(source=npz, model=model))
+fz = frozen.build_frozen(c, sharding.make_mesh(c.sharding.mesh))
+want = dict(np.load(npz))
+for name in ('w', 'f'):
+  x = param_tree.flatten(fz.params[name])['inp/kernel']
+  assert x.sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp')
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[1].start)
+  assert len(shards) == 8 and shards[0].data.shape == (4, 1)
+  for s in shards:
+    np.testing.assert_array_equal(np.asarray(s.data),
+                                  want['inp/kernel'][s.index])
+print('OK')
+'''
+
+
+def test_frozen_parts_fsdp_sharded_on_8_devices(run_dir, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  workdir, want = run_dir
+  npz = str(tmp_path / 'w.npz')
+  weights_lib.save_npz(npz, want)
+  root = os.path.join(os.path.dirname(__file__), '..')
+  proc = subprocess.run(
+      [sys.executable, '-c', _FSDP_SCRIPT, workdir, npz], cwd=root,
+      env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
