@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 import pytest
 
 from visgen import checkpoint as ckpt_lib
@@ -82,14 +83,8 @@ def _regression_step(apply, tx):
     out = apply(params, batch['x'], batch['t'], {'label': batch['label']})
     return jnp.mean((out - batch['y']) ** 2), {}, task_state
 
-  step = step_lib.make_train_step(loss_fn, tx, optax_constant())
+  step = step_lib.make_train_step(loss_fn, tx, optax.constant_schedule(1e-2))
   return jax.jit(step, donate_argnums=(0,))
-
-
-def optax_constant():
-  import optax  # pylint: disable=g-import-not-at-top
-
-  return optax.constant_schedule(1e-2)
 
 
 def _batch():

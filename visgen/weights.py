@@ -184,7 +184,11 @@ def _ema_choice(workdir: str, keys: list[str], weights: str,
     raise ValueError(f'{what}: the checkpoint in {workdir} has no EMA '
                      "params (ema_decays=()); use weights='raw'.")
   if weights.startswith('ema:'):
-    key = f'{float(weights[4:]):g}'.replace('.', 'p')
+    try:
+      key = f'{float(weights[4:]):g}'.replace('.', 'p')
+    except ValueError as e:
+      raise ValueError(f"{what}: weights={weights!r}; write 'ema:<decay>' "
+                       "with a number, e.g. 'ema:0.9999'.") from e
     if key not in keys:
       raise ValueError(f'{what}: no EMA {weights[4:]} in {workdir}; it '
                        f'has {", ".join(k.replace("p", ".") for k in keys)}.')
