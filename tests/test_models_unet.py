@@ -58,3 +58,45 @@ def test_unet_dropout_remat_and_apply():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match='dropout key'):
     m(x, t, cond, train=True)
+
+
+def test_space_to_depth_round_trip_and_layout():
+  x = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+  s = models.unet.space_to_depth(x, 2)
+  assert s.shape == (2, 4, 4, 12)
+  # Patch (0, 0) holds pixels (0,0), (0,1), (1,0), (1,1), channels inner.
+  np.testing.assert_array_equal(s[0, 0, 0], x[0, :2, :2].reshape(-1))
+  np.testing.assert_array_equal(s[1, 2, 3], x[1, 4:6, 6:8].reshape(-1))
+  np.testing.assert_array_equal(models.unet.depth_to_space(s, 2), x)
+
+
+def test_unet_patch_is_per_pixel_and_checks_its_arguments():
+  m = models.get_model('unet', rngs=nnx.Rngs(0), patch=2, mid_attention=False,
+                       **dict(TINY, attention_resolutions=()))
+  # Convs see (4, 4, 12) patches; no attention block anywhere.
+  assert m.conv_in.kernel.shape == (3, 3, 12, 16)
+  assert m.conv_out.kernel.shape == (3, 3, 16, 12)
+  assert not any(isinstance(l, models.unet.AttnBlock) for blk in
+                 list(m.down) + list(m.up) + [m.mid] for l in blk)
+  graphdef, params = models.split_model(m)
+  params = jax.tree.map(lambda p: p + 0.05, params)  # non-zero output layer
+  # The same network on pre-patched inputs (input 4x4x12, output 12
+  # channels) has the same parameters: the patch model must equal it
+  # wrapped in space_to_depth / depth_to_space.
+  inner = models.get_model('unet', rngs=nnx.Rngs(1), mid_attention=False,
+                           **dict(TINY, input_size=4, in_channels=12,
+                                  attention_resolutions=()))
+  graphdef_i, params_i = models.split_model(inner)
+  assert jax.tree.structure(params_i) == jax.tree.structure(params)
+  x, t, cond = _inputs()
+  out = jax.jit(models.make_apply(graphdef))(params, x, t, cond)
+  ref = models.make_apply(graphdef_i)(
+      params, models.unet.space_to_depth(x, 2), t, cond)
+  assert out.shape == x.shape
+  np.testing.assert_allclose(out, models.unet.depth_to_space(ref, 2),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='patch must be a positive divisor'):
+    models.get_model('unet', rngs=nnx.Rngs(0), patch=3, **TINY)
+  with pytest.raises(ValueError, match='input_size/patch = 2'):
+    models.get_model('unet', rngs=nnx.Rngs(0), patch=4, **dict(
+        TINY, channel_mult=(1, 2, 2)))
