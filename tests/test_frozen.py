@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -9,8 +11,11 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
+from tests.test_train import tiny_config
+from visgen import builder
 from visgen import checkpoint as ckpt_lib
 from visgen import config_lib
 from visgen import frozen as frozen_lib
@@ -19,6 +24,7 @@ from visgen import optim
 from visgen import param_tree
 from visgen import sharding
 from visgen import state as state_lib
+from visgen import train
 from visgen import train_step as step_lib
 from visgen import weights as weights_lib
 
@@ -243,12 +249,6 @@ def _losses(workdir):
 def test_loop_checkpoints_exclude_frozen_parts_and_resume(run_dir, tmp_path):
   """The loop with a frozen teacher: the saved tree is exactly the train
   state (no frozen leaf), and 2 + 2 steps equal 4 straight steps."""
-  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from visgen import builder  # pylint: disable=g-import-not-at-top
-  from visgen import train  # pylint: disable=g-import-not-at-top
-
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
   def config(total):
     c = tiny_config(total_steps=total, ckpt_every=2)
     c.frozen.teacher = dict(source=f'workdir:{run_dir[0]}')
@@ -306,9 +306,6 @@ print('OK')
 
 
 def test_frozen_parts_fsdp_sharded_on_8_devices(run_dir, tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-
   workdir, want = run_dir
   npz = str(tmp_path / 'w.npz')
   weights_lib.save_npz(npz, want)

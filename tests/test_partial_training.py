@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.test_train import tiny_config
 from visgen import checkpoint as ckpt_lib
 from visgen import config_lib
 from visgen import models
@@ -18,6 +19,7 @@ from visgen import optim
 from visgen import param_tree
 from visgen import sharding
 from visgen import state as state_lib
+from visgen import train
 from visgen import train_step as step_lib
 from visgen import warm_start
 from visgen import weights as weights_lib
@@ -248,9 +250,6 @@ def test_loop_init_from_fresh_runs_only_with_a_trainable_mask(
   """Run B warm-starts from run A with blocks frozen: after training, B's
   blocks are A's exactly and the rest moved; B's resumption restores its
   own checkpoint and never warm-starts again."""
-  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  from visgen import train  # pylint: disable=g-import-not-at-top
-
   run_a, run_b = str(tmp_path / 'a'), str(tmp_path / 'b')
   train.train_and_evaluate(tiny_config(total_steps=2, ckpt_every=2), run_a)
   src = weights_lib.read_checkpoint(run_a, weights='raw')
