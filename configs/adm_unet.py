@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.prediction = 'eps'
   c.weighting = dict(name='uniform')
   c.time_dist = dict(name='uniform')
-  c.data = dict(name='imagenet64', batch_size=2048, flip=True)
+  c.data = config_lib.tfds_data('imagenet64', batch_size=2048, flip=True)
   c.task = dict(name='generation', num_classes=1000, label_dropout=0.1,
                 x_shape=(arg.res, arg.res, 3))
   c.model = dict(name='unet', input_size=arg.res, in_channels=3,
@@ -39,7 +39,7 @@ def get_config(arg=None):
                               reference='imagenet64:train',
                               num_samples=50_000, batch=250))
   if arg.runlocal:
-    c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8)
+    config_lib.runlocal_data(c, replaces='imagenet64')
     c.task.update(num_classes=4, x_shape=(8, 8, 3))
     config_lib.runlocal_common(c)
     config_lib.tiny_unet(c)

@@ -34,9 +34,10 @@ def get_config(arg=None):
   c.ckpt_every = 10_000
   c.keep_every = 50_000
   c.ema_decays = (0.9999,)
-  c.data = dict(name='imagenet256', batch_size=256, flip=True)
+  c.data = config_lib.tfds_data('imagenet256', batch_size=256, flip=True)
   c.autoencoder = dict(name='sd_vae_ft_ema', scale=0.18215,
-                       path='~/.cache/visgen/autoencoders/sd_vae_ft_ema.npz')
+                       path=config_lib.visgen_cache(
+                           'autoencoders', 'sd_vae_ft_ema.npz'))
   c.task = dict(name='generation', num_classes=1000, label_dropout=0.1,
                 x_shape=(32, 32, 4), data_key='latent',
                 latent_scale=0.18215)
@@ -54,7 +55,7 @@ def get_config(arg=None):
                               reference='imagenet256:validation',
                               num_samples=50_000, batch=250))
   if arg.runlocal:
-    c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8)
+    config_lib.runlocal_data(c, replaces='imagenet256 latents')
     c.autoencoder = None
     c.task.update(num_classes=4, x_shape=(8, 8, 3), data_key='image',
                   latent_scale=1.0)

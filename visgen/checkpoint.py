@@ -13,11 +13,18 @@ one file per process) and 'meta' (a fingerprint of the model and config).
 * A workdir whose checkpoints carry a different fingerprint (another model or
   config) is refused with a message listing the differences; nothing is
   written into it.
+* A save that cannot be made (disk full, read-only, permission) stops the
+  run: `CheckpointSaveError` names the step, the cause and the last good
+  checkpoint. Orbax writes in a background thread, so its errors are
+  polled every step (`reached_preemption`) and after each save.
+* The meta item also carries the run's accumulated wall time, so
+  `elapsed_s()` covers every segment of a resumed run.
 """
 
 import json
 import signal
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -27,6 +34,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from visgen import validate
 from visgen.data import pipeline
 
 # Config entries that may change between a run and its resumption: run
@@ -92,13 +100,33 @@ class _PreemptionFlag:
 PREEMPTION = _PreemptionFlag()
 
 
+class CheckpointSaveError(validate.RunError):
+  """A checkpoint could not be written; the run must stop."""
+
+
+def _root_cause(e: BaseException) -> BaseException:
+  """The first OSError in the cause/context chain (else e itself)."""
+  first, seen = e, set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError):
+      return e
+    e = e.__cause__ or e.__context__
+  return first
+
+
 class Checkpointer:
   """The one checkpoint manager of a run."""
 
   def __init__(self, workdir: str, *, every: int, keep_last: int,
                keep_every: int = 0, fp: dict | None = None,
-               async_save: bool = True, read_only: bool = False):
+               async_save: bool = True, read_only: bool = False,
+               start_time: float | None = None):
     self.directory = epath.Path(workdir) / 'checkpoints'
+    # Wall time: this segment's start and what earlier segments used.
+    self.start_time = time.time() if start_time is None else start_time
+    self.prior_wall_time_s = 0.0
+    self._saving_step = None
     keep = [cm.preservation_policy.LatestN(max(keep_last, 1))]
     if keep_every:
       keep.append(cm.preservation_policy.EveryNSteps(keep_every))
@@ -122,7 +150,7 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))['meta']
     diffs = _differences(old, self.fp)
     if diffs:
-      raise ValueError(
+      raise validate.UserError(
           f'The checkpoints in {self.directory} (latest step {step}) belong '
           'to a different model or config, so this run refuses to resume '
           'from or overwrite them. Use a fresh --workdir, or restore the '
@@ -130,15 +158,61 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iter=None, *,
            force: bool = False) -> bool:
+    meta = dict(self.fp or {}, wall_time_s=self.elapsed_s())
     items = dict(state=ocp.args.StandardSave(state),
-                 meta=ocp.args.JsonSave(self.fp or {}))
+                 meta=ocp.args.JsonSave(meta))
     if data_iter is not None:
       items['data'] = pipeline.checkpoint_args(data_iter)
-    saved = self.mngr.save(step, args=ocp.args.Composite(**items),
-                           force=force)
+    self._saving_step = step
+    try:
+      saved = self.mngr.save(step, args=ocp.args.Composite(**items),
+                             force=force)
+      self.mngr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, step) from e
     if saved:
       logging.info('Checkpoint of step %d -> %s', step, self.directory)
     return saved
+
+  def committed_steps(self) -> list[int]:
+    """Steps whose directory was committed (read from the disk)."""
+    try:
+      return sorted(int(p.name) for p in self.directory.iterdir()
+                    if p.name.isdigit() and p.is_dir())
+    except OSError:
+      return []
+
+  def _save_error(self, e: BaseException, step):
+    """The message for a failed save: what, why, what is kept."""
+    if isinstance(e, CheckpointSaveError):
+      return e
+    good = [s for s in self.committed_steps() if step is None or s < step]
+    last_good = good[-1] if good else None
+    cause = _root_cause(e)
+    why = (validate.describe_os_error(cause) if isinstance(cause, OSError)
+           else f'{type(cause).__name__}: {cause}')
+    kept = (f'the last good checkpoint is step {last_good}, kept in '
+            f'{self.directory}' if last_good is not None else
+            'no earlier checkpoint exists')
+    return CheckpointSaveError(
+        f'Could not save the checkpoint of step {step} to {self.directory}: '
+        f'{why}. The run stopped; {kept}. Fix the cause (free disk space, '
+        'a writable --workdir), then rerun the same command to resume.')
+
+  def check(self):
+    """Raises `CheckpointSaveError` if a background save failed."""
+    try:
+      self.mngr.check_for_errors()
+      # A failed background commit surfaces in the finalize thread, which
+      # wait_until_finished re-raises (at once when no save is running).
+      if not self.mngr.is_saving_in_progress():
+        self.mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._saving_step) from e
+
+  def elapsed_s(self) -> float:
+    """Wall time of the whole run: earlier segments plus this one."""
+    return self.prior_wall_time_s + (time.time() - self.start_time)
 
   def restore(self, abstract_state: Any, data_iter=None,
               step: int | None = None) -> tuple[Any, int] | None:
@@ -149,22 +223,34 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    items = dict(state=ocp.args.StandardRestore(abstract_state),
+                 meta=ocp.args.JsonRestore())
     if data_iter is not None:
       items['data'] = pipeline.checkpoint_args(data_iter, restore=True)
     out = self.mngr.restore(step, args=ocp.args.Composite(**items))
+    meta = out.get('meta') or {}
+    self.prior_wall_time_s = float(meta.get('wall_time_s', 0.0))
     logging.info('Restored step %d from %s', step, self.directory)
     return out['state'], step
 
   def reached_preemption(self, step: int) -> bool:
-    """True once SIGTERM arrived (all processes agree in multi-host runs)."""
+    """True once SIGTERM arrived (all processes agree in multi-host runs).
+
+    Also raises `CheckpointSaveError` as soon as a background save failed:
+    the loop asks every step, so no step runs past a lost save.
+    """
+    self.check()
     if jax.process_count() > 1:
       return self.mngr.reached_preemption(step)
     return PREEMPTION.event.is_set()
 
   def wait(self):
-    self.mngr.wait_until_finished()
+    try:
+      self.mngr.wait_until_finished()
+      self.mngr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._saving_step) from e
 
   def close(self):
-    self.mngr.wait_until_finished()
+    self.wait()
     self.mngr.close()

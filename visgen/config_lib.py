@@ -13,9 +13,51 @@ Fragments (`optim`, `ema`, `mesh_dp`, ...) are plain functions composed by the
 configs, never deep inheritance chains.
 """
 
+import os
 from typing import Any
 
 import ml_collections as mlc
+
+# Messages about what a config variant substituted (`:runlocal` swapping in
+# mock data), logged by the entry point once logging is up; config files run
+# while the flags are parsed, before that.
+_NOTES: list[str] = []
+
+
+def note(message: str) -> None:
+  """Records a message for the entry point to log (see `pop_notes`)."""
+  _NOTES.append(message)
+
+
+def pop_notes() -> list[str]:
+  """The recorded messages, oldest first; clears them."""
+  out = list(_NOTES)
+  _NOTES.clear()
+  return out
+
+
+def visgen_cache(*parts: str) -> str:
+  """A path under visgen's cache folder: $VISGEN_CACHE, else ~/.cache/visgen
+  (the folder the evaluators' weights also use)."""
+  root = os.environ.get('VISGEN_CACHE') or os.path.join('~', '.cache',
+                                                        'visgen')
+  return os.path.join(root, *parts)
+
+
+def tfds_data(name: str, *, batch_size: int, flip: bool) -> dict:
+  """A TFDS-backed data entry. `data_dir` ('' = $TFDS_DATA_DIR, else
+  ~/tensorflow_datasets) is declared so `--config.data.data_dir=DIR` works."""
+  return dict(name=name, batch_size=batch_size, flip=flip, data_dir='')
+
+
+def runlocal_data(c: mlc.ConfigDict, *, replaces: str,
+                  **extra: Any) -> None:
+  """runlocal's mock data: 64 procedural 8x8 RGB 'shapes' scenes (4
+  classes, no download) in place of `replaces`; the run's log says so."""
+  c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8,
+                **extra)
+  note(f'runlocal: training on 64 procedural 8x8 RGB "shapes" scenes (4 '
+       f'classes) in place of {replaces!r}, which is not used.')
 
 
 def _convert(default: Any, value: str, key: str) -> Any:
@@ -152,7 +194,7 @@ def cifar10(c: mlc.ConfigDict, *, runlocal: bool, batch_size: int = 128,
   says how). `runlocal` uses the procedural 'shapes' scenes at 8x8 RGB
   (4 classes), which need no download, with a 4-step run.
   """
-  c.data = dict(name='cifar10', batch_size=batch_size, flip=flip)
+  c.data = tfds_data('cifar10', batch_size=batch_size, flip=flip)
   c.task = dict(name='generation', num_classes=num_classes,
                 label_dropout=0.1 if num_classes else 0.0,
                 x_shape=(32, 32, 3))
@@ -160,8 +202,7 @@ def cifar10(c: mlc.ConfigDict, *, runlocal: bool, batch_size: int = 128,
                               reference='cifar10:train',
                               num_samples=50_000, batch=500))
   if runlocal:
-    c.data = dict(name='shapes', resolution=8, num_examples=64,
-                  batch_size=8, flip=flip)
+    runlocal_data(c, replaces='cifar10', flip=flip)
     c.task.x_shape = (8, 8, 3)
     c.task.num_classes = min(num_classes, 4)
     runlocal_common(c)

@@ -5,11 +5,18 @@ JSON object per line, with 'step') and to TensorBoard event files through
 tensorboardX; image grids go to `WORKDIR/samples/<name>_<step>.png` and to
 TensorBoard. Only process 0 writes. `Progress` formats the progress line
 (step, loss, steps/s, ETA).
+
+Output files are written atomically (`atomic_output`: a temporary file in
+the same folder, renamed over the target once complete), so a crash or a
+full disk never leaves a half-written metrics.json, config.json or PNG; JSON
+is strict (`json_safe`: NaN and infinities become null).
 """
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -33,13 +40,60 @@ def image_grid(images_NxHxWxC: np.ndarray, rows: int, *,
   return x[:x.shape[0] - pad, :x.shape[1] - pad]
 
 
+@contextlib.contextmanager
+def atomic_output(path: str):
+  """Yields a temporary path beside `path`; renames it onto `path` when the
+  block completes (removes it when the block fails)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path),
+                             suffix='.tmp')
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def json_safe(obj: Any) -> Any:
+  """obj with NaN / infinite floats as None and numpy scalars as Python's
+  (strict JSON: json.dump of the result never writes NaN)."""
+  if isinstance(obj, dict):
+    return {str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def write_json(path: str, obj: Any, *, indent: int | None = 2,
+               **kwargs) -> None:
+  """Strict JSON (null for NaN), written atomically."""
+  text = json.dumps(json_safe(obj), indent=indent, allow_nan=False, **kwargs)
+  write_text(path, text + '\n')
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic_output(path) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+
+
 def save_png(path: str, grid_HxWxC: np.ndarray, upscale: int = 1):
   img = grid_HxWxC[..., 0] if grid_HxWxC.shape[-1] == 1 else grid_HxWxC
   pil = Image.fromarray(np.asarray(img, np.uint8))
   if upscale > 1:
     pil = pil.resize((pil.width * upscale, pil.height * upscale),
                      Image.Resampling.NEAREST)
-  pil.save(path)
+  with atomic_output(path) as tmp:
+    pil.save(tmp, format='PNG')
 
 
 class MetricWriter:
@@ -65,7 +119,7 @@ class MetricWriter:
       return
     record = {'step': int(step)}
     record.update({k: float(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.write(json.dumps(json_safe(record), allow_nan=False) + '\n')
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
@@ -121,10 +175,18 @@ class Progress:
 
 
 class _DropLibraryInfo:
-  """Filters INFO records of chatty libraries (Orbax logs every save step)."""
+  """Filters INFO records of chatty libraries (Orbax logs every save step).
+
+  Orbax's errors keep their message but lose the traceback: the checkpointer
+  reports a failed save itself, in one line that says what to do.
+  """
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or 'orbax' not in record.pathname
+    if 'orbax' not in record.pathname:
+      return True
+    if record.levelno >= 40:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno > 20
 
 
 def quiet_library_logs():

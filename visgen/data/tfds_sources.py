@@ -7,8 +7,9 @@ applies the resolution policy (ADM centre crop for ImageNet and LSUN), and
 turns tfds's misleading "FileFormat.TFRECORD is not supported" failure into a
 `DatasetNotPreparedError` that says exactly how to prepare the data.
 
-The data directory is `data_dir`, else $TFDS_DATA_DIR, else
-~/tensorflow_datasets (tfds's own default).
+The data directory is `data_dir` (the configs' `data.data_dir`, '' for the
+default), else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own
+default).
 """
 
 import dataclasses
@@ -85,7 +86,8 @@ def preparation_instructions(tfds_name: str, data_dir: str) -> str:
                  '--file_format=array_record')
   lines.append(
       f'then copy {os.path.join(data_dir, base)} to this machine and pass '
-      'that data_dir (or set TFDS_DATA_DIR).')
+      'its parent folder as --config.data.data_dir=DIR (or set '
+      'TFDS_DATA_DIR=DIR).')
   existing = _prepared_versions(tfds_name, data_dir)
   if existing:
     lines.append(
