@@ -16,7 +16,11 @@ digits_precision, digits_recall, digits_kid, digits_is,
 digits_class_accuracy, and the real-against-real floors digits_fid_floor,
 digits_precision_floor, digits_recall_floor, digits_kid_floor) and plain
 `fid`, `sfid`, `inception_score`, `precision`, `recall`, `kid` for Inception;
-undefined metrics are left out.
+undefined metrics are left out. For class-conditional samples scored by a
+trained net whose reference split carries labels, it also reports
+`<net>_class_accuracy_real`, the net's accuracy on the real reference
+images (the ceiling of the samples' accuracy), and both accuracies under the
+plain names `class_accuracy` and `class_accuracy_real`.
 """
 
 import jax
@@ -62,6 +66,13 @@ class InLoopEvaluator:
       reference = datasets.load_images(dataset, split=split, size=image_size)
     images = np.asarray(reference['image'])
     self.ref = compare.gather(self.net, images)
+    # The classifier's accuracy on the real reference images (its logits
+    # come with the reference features), when the split has labels.
+    self.real_accuracy = None
+    if reference.get('label') is not None and self.ref.logits:
+      pred = np.argmax(np.concatenate(self.ref.logits), -1)
+      self.real_accuracy = float(np.mean(pred == np.asarray(
+          reference['label'])))
     self.image_size = images.shape[1]
     self.num_samples = num_samples
     self.batch_size = batch_size
@@ -94,6 +105,12 @@ class InLoopEvaluator:
               if v is not None}
     if labelled:
       result[_key_name(self.net, 'class_accuracy')] = correct / labelled
+      if self.net.metric_prefix:  # a trained net: its classes are the data's
+        result['class_accuracy'] = correct / labelled
+        if self.real_accuracy is not None:
+          result[_key_name(self.net, 'class_accuracy_real')] = (
+              self.real_accuracy)
+          result['class_accuracy_real'] = self.real_accuracy
     floor = self.net.floor(self.image_size)
     for k, v in (floor or {}).items():
       if k in compare.METRIC_KEYS and v is not None:
