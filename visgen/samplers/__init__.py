@@ -36,6 +36,7 @@ from visgen.samplers import base
 from visgen.samplers import bridge  # noqa: F401
 from visgen.samplers import dpm_solver  # noqa: F401
 from visgen.samplers import edm  # noqa: F401
+from visgen.samplers import ipndm  # noqa: F401
 from visgen.samplers import ode  # noqa: F401
 from visgen.samplers import sde  # noqa: F401
 from visgen.samplers import unipc  # noqa: F401

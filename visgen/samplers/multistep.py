@@ -40,6 +40,11 @@ def first_order(path, t, s):
   return sig_s / sig_t, a_s - sig_s * a_t / sig_t
 
 
+# Steps shorter than this in lambda (repeated grid times, or times beyond
+# the clip) take the exact first-order step: extrapolation would divide by h.
+MIN_H = 1e-6
+
+
 def is_data_end(path, s):
   """True where the step's target is data (sigma(s) = 0)."""
   return path.sigma(s) <= 0.0

@@ -145,12 +145,13 @@ def unipc(view, x, ts, key, *, order=2, variant='bh2', corrector=True,
                              variant, max_order)
           for p in range(1, max_order + 1)])
       x_c = ms.combine(weights, [x_prev] + list(hist) + [m])
-      x = jnp.where(i > 0, x_c, x)
+      x = jnp.where((i > 0) & (lam[i] - hist_lam[0] > ms.MIN_H), x_c, x)
     hist = (m,) + tuple(hist[:-1])
     hist_lam = jnp.concatenate([lam[i][None], hist_lam[:-1]])
     t_next = ts[i + 1]
     p_now = _order_at(i, n, max_order, lower_order_final)
-    p_now = jnp.where(ms.is_data_end(path, t_next), 1, p_now)
+    p_now = jnp.where(ms.is_data_end(path, t_next)
+                      | (lam[i + 1] - lam[i] <= ms.MIN_H), 1, p_now)
     c_x, c_0 = ms.first_order(path, t, t_next)
     weights = _select(p_now, [
         _predictor_weights(p, hist_lam, lam[i + 1], c_x, c_0,
