@@ -2,7 +2,9 @@
 
 Used for 2-D toy distributions and Gaussian-mixture ground-truth checks. The
 time embedding (and the class embedding when `num_classes > 0`) is added to
-the hidden state before every residual block.
+the hidden state before every residual block. With `learn_sigma` the output
+has 2 D values, [prediction, v]: v sets the learned reverse-process variance
+of improved DDPM (`visgen.objectives.learned_variance`).
 """
 
 from typing import Any
@@ -28,15 +30,16 @@ class MLPBlock(nnx.Module):
 
 
 class MLPDenoiser(nnx.Module):
-  """(x_t (B, D), t (B,), cond) -> (B, D)."""
+  """(x_t (B, D), t (B,), cond) -> (B, D), or (B, 2 D) with learn_sigma."""
 
   def __init__(self, *, dim: int, rngs: nnx.Rngs, width: int = 256,
                depth: int = 3, num_classes: int = 0, t_scale: float = 1000.0,
-               dtype: Any = jnp.float32):
+               learn_sigma: bool = False, dtype: Any = jnp.float32):
     if dim < 1 or width < 1 or depth < 1:
       raise ValueError(f'dim, width and depth must be >= 1, got {dim}, '
                        f'{width}, {depth}.')
     self.dim = dim
+    self.out_dim = 2 * dim if learn_sigma else dim
     self.num_classes = num_classes
     self.cond_keys = ('label',) if num_classes > 0 else ()
     self.inp = layers.Dense(dim, width, rngs=rngs, axes=(None, 'embed'),
@@ -47,8 +50,8 @@ class MLPDenoiser(nnx.Module):
                     if num_classes > 0 else None)
     self.blocks = nnx.List(
         [MLPBlock(width, rngs=rngs, dtype=dtype) for _ in range(depth)])
-    self.out = layers.Dense(width, dim, rngs=rngs, axes=('embed', None),
-                            dtype=dtype)
+    self.out = layers.Dense(width, self.out_dim, rngs=rngs,
+                            axes=('embed', None), dtype=dtype)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
                *, train: bool = False, rngs: nnx.Rngs | None = None

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from visgen.interpolants import get_path
+from visgen.objectives import learned_variance as lv_lib
 from visgen.objectives import predictions
 from visgen.objectives.time_dists import get_time_dist
 from visgen.objectives.weightings import get_weighting
@@ -41,7 +42,7 @@ def per_example_mse(pred, target):
 
 def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
                  weighting='uniform', time_dist='uniform', y=None,
-                 time_state=None, t=None, eps=None):
+                 time_state=None, t=None, eps=None, learned_variance=None):
   """The loss of one batch.
 
   Args:
@@ -55,12 +56,24 @@ def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
     y: the source image for bridge paths.
     time_state: state of a stateful time distribution (importance sampling).
     t, eps: optional fixed times / noise (tests, diffusion classifiers).
+    learned_variance: None, or a `learned_variance.LearnedVariance` (or its
+      config dict): iDDPM's L_hybrid. `apply_fn` then returns 2C channels
+      [prediction, v] on the last axis, times are snapped to the DDPM grid
+      of T steps, and each example's loss is
+      correction * (w mse + lambda T L_vlb), with L_vlb (bits / dim) using
+      the stopped prediction, so it trains only the variance.
 
   Returns:
     (scalar loss, aux) where aux holds per-example `t`, `mse` (the unweighted
-    error of the trained kind) and `loss` (weighted, corrected).
+    error of the trained kind), `loss` (weighted, corrected),
+    `uncorrected` (weighted, before the time distribution's correction)
+    and, with a learned variance, `vlb` (L_t in bits / dim).
   """
   path = get_path(path)
+  lv = lv_lib.from_config(learned_variance)
+  if lv is not None and path.is_bridge:
+    raise ValueError(f'A learned variance (iDDPM) needs an ordinary path; '
+                     f'{path.name!r} is a bridge.')
   predictions.check_kind(prediction)
   weighting = get_weighting(weighting)
   time_dist = get_time_dist(time_dist)
@@ -74,18 +87,31 @@ def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
     t, correction = time_dist.sample(k_t, n, path=path, state=time_state)
   else:
     correction = jnp.ones((n,))
+  if lv is not None:
+    step_i, t = lv.snap(t, path)
   if eps is None:
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = path.sample_xt(x0=x0, eps=eps, t=t, y=y)
   pred = apply_fn(x_t, t, cond)
+  if lv is not None:
+    pred, v = lv_lib.split_output(pred, x0.shape[-1])
   if pred.shape != x0.shape:
     raise ValueError(f'The network returned shape {pred.shape} for data of '
                      f'shape {x0.shape}; they must match.')
   tgt = predictions.target(prediction, x0=x0, eps=eps, t=t, path=path, y=y)
   mse = per_example_mse(pred, tgt)
   w = weighting(t=t, path=path, kind=prediction)
-  loss = correction * w * mse
-  return jnp.mean(loss), dict(t=t, mse=mse, loss=loss)
+  per_example = w * mse
+  aux = dict(t=t, mse=mse)
+  if lv is not None:
+    vlb = lv.vlb_terms(pred=jax.lax.stop_gradient(pred), v=v,
+                       kind=prediction, x0=x0, x_t=x_t, i=step_i, path=path)
+    per_example = per_example + lv.lambda_vlb * lv.steps(path) * vlb
+    aux['vlb'] = vlb
+  loss = correction * per_example
+  # `uncorrected` feeds the importance sampler's loss history (ADM keeps
+  # the loss before its 1 / (T p) weights).
+  return jnp.mean(loss), dict(aux, loss=loss, uncorrected=per_example)
 
 
 def exact_loss_grid(apply_fn, *, x0, cond, eps, t, path, prediction, weighting,

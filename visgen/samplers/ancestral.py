@@ -13,11 +13,20 @@ keeps the marginals for any eta in [0, 1]:
 x_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta^2 c^2) eps_hat + eta c z,
 so eta = 1 is DDPM with the beta-tilde variance and eta = 0 is deterministic.
 Both are exact on the first step of rectified flow (alpha_t = 0 gives a = 0).
+
+With a learned variance (improved DDPM, `variance='learned'`) the denoiser
+returns [prediction, v] on the last axis (2C channels, a `learn_sigma`
+model) and the step variance is exp(f log b + (1 - f) log c^2),
+f = (v + 1) / 2, with b and c^2 of the step actually taken: on a grid of
+fewer steps than training (iDDPM's respacing) they are recomputed between
+the kept times, exactly as iDDPM recomputes its betas.
 """
 
 import jax
 import jax.numpy as jnp
 
+from visgen.objectives import learned_variance as lv_lib
+from visgen.objectives import predictions
 from visgen.samplers import base
 
 
@@ -31,8 +40,11 @@ def _posterior(path, t, s):
 
 def check_variance(path, options):
   del path
-  if options.get('variance', 'posterior') not in ('posterior', 'beta'):
-    return 'variance must be one of: posterior, beta'
+  variance = options.get('variance', 'posterior')
+  if not callable(variance) and variance not in ('posterior', 'beta',
+                                                 'learned'):
+    return ('variance must be one of: posterior, beta, learned (a '
+            'learn_sigma network), or a callable (x_t, t, s) -> variance')
   return None
 
 
@@ -43,20 +55,41 @@ def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None):
   """Ancestral sampling on the grid ts.
 
   Args:
-    variance: 'posterior' (beta-tilde, c^2 above) or 'beta' (DDPM's upper
-      choice b, the forward step variance).
+    variance: 'posterior' (beta-tilde, c^2 above), 'beta' (DDPM's upper
+      choice b, the forward step variance), 'learned' (the denoiser returns
+      [prediction, v]; see the module docstring) or a callable
+      `(x_t, t, s) -> variance` broadcastable to x (e.g. an oracle's
+      optimal variance in tests and experiments).
     mean_shift: optional `(x_t, t_B, cond) -> g` added as mu + var * g
       (classifier guidance in ADM's mean-shift form, see
       `visgen.samplers.guidance.classifier_mean_shift`).
   """
   path = view.path
 
+  def x0_and_v(x, t):
+    if variance != 'learned':
+      return view.x0_eps(x, t)[0], None
+    t_b = view.t_batch(x, t)
+    pred, v = lv_lib.split_output(view.denoise_fn(x, t_b, view.cond),
+                                  x.shape[-1])
+    x0, _ = predictions.to_x0_eps(pred, kind=view.prediction, x_t=x, t=t_b,
+                                  path=path)
+    return x0, v
+
   def body(i, x):
     t, s = ts[i], ts[i + 1]
     a, b, sig_t2, sig_s2 = _posterior(path, t, s)
-    x0, _ = view.x0_eps(x, t)
+    x0, v = x0_and_v(x, t)
     mu = (a * sig_s2 / sig_t2) * x + (path.alpha(s) * b / sig_t2) * x0
-    var = b * sig_s2 / sig_t2 if variance == 'posterior' else b
+    if callable(variance):
+      var = variance(x, t, s)
+    elif variance == 'learned':
+      # The smallest normal float32 keeps log finite where c^2 underflows.
+      var = jnp.exp(lv_lib.interpolated_log_variance(
+          v, log_beta=jnp.log(jnp.maximum(b, 1e-37)),
+          log_beta_tilde=jnp.log(jnp.maximum(b * sig_s2 / sig_t2, 1e-37))))
+    else:
+      var = b * sig_s2 / sig_t2 if variance == 'posterior' else b
     if mean_shift is not None:
       mu = mu + var * mean_shift(x, view.t_batch(x, t), view.cond)
     z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)

@@ -50,6 +50,10 @@ class DenoiserView:
     """(E[x0 | x_t], E[eps | x_t]) at the scalar or per-example time t."""
     t_b = self.t_batch(x, t)
     pred = self.denoise_fn(x, t_b, self.cond)
+    if pred.shape[-1] == 2 * x.shape[-1] and pred.shape[:-1] == x.shape[:-1]:
+      # A learned-variance (learn_sigma) output [prediction, v]: only the
+      # 'ddpm' sampler's variance='learned' reads v (samplers.ancestral).
+      pred = pred[..., :x.shape[-1]]
     return predictions.to_x0_eps(pred, kind=self.prediction, x_t=x, t=t_b,
                                  path=self.path, y=self.y)
 

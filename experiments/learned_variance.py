@@ -1,0 +1,339 @@
+"""Learned reverse variance improves few-step ancestral sampling (iDDPM).
+
+  python -m experiments.learned_variance --workdir=/tmp/lv
+
+Nichol & Dhariwal (2021) train the reverse-process variance with L_hybrid and
+show that ancestral sampling then needs far fewer steps. Two checks:
+
+1. Exact Gaussian mixture (8-D, 4 full-covariance components, ddpm_linear,
+   T = 1000). With the exact posterior mean, ancestral sampling at N = 10 /
+   25 / 50 network evaluations (iDDPM's respacing: N - 1 steps between evenly
+   spaced times, then x0_hat) with the variance
+   - 'beta' (DDPM's sigma^2 = beta) and 'beta_tilde' (the posterior's),
+   - 'analytic' (Analytic-DPM, Bao et al. 2022: the optimal isotropic
+     variance of each step, beta_tilde + B^2 E[tr Cov(x0 | x_t)] / d, the
+     expectation over the batch at that step),
+   - 'optimal' (the same per example and dimension: the exact
+     beta_tilde + B^2 diag Cov(x0 | x_t) of the mixture, what a learned
+     variance approximates),
+   and a residual MLP (learn_sigma) trained with L_hybrid on the mixture,
+   sampled with beta, beta_tilde and its learned variance. Error = sliced
+   Wasserstein-1 to fresh data (the data-vs-data floor is printed).
+2. Digits (8x8, 64-D): a learn_sigma residual MLP trained with L_hybrid
+   (eps prediction, ddpm_cosine, T = 1000), sampled with beta, beta_tilde
+   and the learned variance at 10 / 25 / 50 NFE; digits-FID / precision /
+   recall against the test split on the project's digits feature net (not
+   Inception: not comparable with published FIDs).
+
+Writes DIR/results.json, DIR/results.md (the tables) and DIR/error_vs_steps.png.
+"""
+
+import argparse
+import functools
+import json
+import os
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from visgen import models
+from visgen import samplers
+from visgen.data import preprocess
+from visgen.groundtruth import make_mixture
+from visgen.groundtruth import sliced_wasserstein
+from visgen.interpolants import get_path
+from visgen.objectives import learned_variance as lv_lib
+from visgen.objectives import loss as loss_lib
+
+NFES = (10, 25, 50)
+FIXED = ('beta', 'beta_tilde')
+_SAMPLER_VARIANCE = dict(beta='beta', beta_tilde='posterior',
+                         learned='learned')
+
+
+# ---------------------------------------------------------------------------
+# Exact reverse variances of a Gaussian mixture.
+# ---------------------------------------------------------------------------
+def posterior_x0_moments(gmm, x_t, t, *, path):
+  """(E[x0 | x_t], diag Cov(x0 | x_t)) of an unconditional mixture.
+
+  Per component k, x0 | x_t, k ~ N(m_k, P_k) with C_k = alpha^2 S_k +
+  sigma^2 I, m_k = mu_k + alpha S_k C_k^{-1} (x_t - alpha mu_k) and
+  P_k = S_k - alpha^2 S_k C_k^{-1} S_k; the mixture over k with the
+  responsibilities r_k(x_t) has covariance sum_k r_k (P_k + m_k m_k^T) - m m^T.
+  """
+  t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
+  _, _, r = gmm.posterior(x_t, t, path=path)  # (n, K)
+  alpha, sigma = path.alpha(t), path.sigma(t)
+  eye = jnp.eye(gmm.dim)
+  cov = (alpha[:, None, None, None] ** 2 * gmm.covs[None]
+         + sigma[:, None, None, None] ** 2 * eye)  # (n, K, D, D)
+  diff = x_t[:, None] - alpha[:, None, None] * gmm.means[None]
+  s_cinv = jnp.linalg.solve(cov, gmm.covs[None])  # C^-1 S, (n, K, D, D)
+  m_k = gmm.means[None] + alpha[:, None, None] * jnp.einsum(
+      'nkde,nke->nkd', jnp.swapaxes(s_cinv, -1, -2), diff)
+  p_k = gmm.covs[None] - alpha[:, None, None, None] ** 2 * jnp.einsum(
+      'kde,nkef->nkdf', gmm.covs, s_cinv)
+  mean = jnp.einsum('nk,nkd->nd', r, m_k)
+  second = jnp.einsum('nk,nkd->nd', r,
+                      jnp.diagonal(p_k, axis1=-2, axis2=-1) + m_k**2)
+  return mean, jnp.maximum(second - mean**2, 0.0)
+
+
+def optimal_variance(gmm, *, path, isotropic=False):
+  """`(x_t, t, s) -> variance` of the step s < t that matches the exact
+  reverse moments: beta_tilde + B^2 Cov(x0 | x_t), with B the posterior
+  mean's x0 coefficient. Per example and dimension, or (`isotropic`)
+  Analytic-DPM's scalar, averaged over dimensions and the batch."""
+
+  def fn(x_t, t, s):
+    beta, beta_tilde = lv_lib.step_variances(path=path, t=t, s=s)
+    b_coef = path.alpha(s) * beta / path.sigma(t) ** 2
+    _, var_x0 = posterior_x0_moments(gmm, x_t, t, path=path)
+    if isotropic:
+      var_x0 = jnp.mean(var_x0)
+    return beta_tilde + b_coef**2 * var_x0
+
+  return fn
+
+
+# ---------------------------------------------------------------------------
+# Sampling with iDDPM's respacing.
+# ---------------------------------------------------------------------------
+def ancestral(denoise, *, path, prediction, nfe, variance, key, shape,
+              cond=None):
+  """N = nfe network calls: N - 1 ancestral steps on evenly spaced times
+  t_max ... t_min, then x0_hat at t_min (iDDPM's respaced loop, whose last
+  step returns the mean)."""
+  ts = samplers.make_grid('uniform', nfe - 1, path=path)
+  return samplers.sample('ddpm', denoise, key=key, shape=shape, cond=cond,
+                         path=path, prediction=prediction, ts=ts,
+                         variance=variance, denoise_final=True)
+
+
+# ---------------------------------------------------------------------------
+# A small L_hybrid training loop (the same unified loss the task uses).
+# ---------------------------------------------------------------------------
+def train_hybrid(data_fn, *, dim, path, prediction, learned, steps, batch,
+                 width, depth, lr, seed=0, log=print):
+  """Trains a residual MLP (learn_sigma) with the unified loss + L_hybrid.
+
+  `data_fn(key, n) -> x0 (n, dim)`. Returns (apply, EMA params, seconds).
+  """
+  model = models.get_model('mlp', rngs=nnx.Rngs(seed), dim=dim, width=width,
+                           depth=depth, learn_sigma=True)
+  graphdef, params = models.split_model(model)
+  apply = models.make_apply(graphdef)
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10),
+                                             steps, lr * 0.05)
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
+  opt_state = opt.init(params)
+  ema = params
+
+  def loss_fn(p, key):
+    k_x, k_l = jax.random.split(key)
+    x0 = data_fn(k_x, batch)
+    loss, aux = loss_lib.unified_loss(
+        lambda x_t, t, c: apply(p, x_t, t, c), x0=x0, cond={}, key=k_l,
+        path=path, prediction=prediction, weighting='uniform',
+        time_dist='uniform', learned_variance=learned)
+    return loss, (jnp.mean(aux['mse']), jnp.mean(aux['vlb']))
+
+  @jax.jit
+  def step(p, o, e, key):
+    (loss, (mse, vlb)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, key)
+    upd, o = opt.update(g, o, p)
+    p = optax.apply_updates(p, upd)
+    e = jax.tree.map(lambda a, b: 0.999 * a + 0.001 * b, e, p)
+    return p, o, e, loss, mse, vlb
+
+  t0 = time.time()
+  key = jax.random.key(seed + 1)
+  for i in range(steps):
+    params, opt_state, ema, loss, mse, vlb = step(
+        params, opt_state, ema, jax.random.fold_in(key, i))
+    if (i + 1) % max(steps // 5, 1) == 0:
+      log(f'  step {i + 1}/{steps}: loss {float(loss):.4f} mse '
+          f'{float(mse):.4f} L_vlb {float(vlb):.4f} bits/dim '
+          f'({time.time() - t0:.0f} s)')
+  return apply, ema, time.time() - t0
+
+
+# ---------------------------------------------------------------------------
+# Part 1: the exact mixture.
+# ---------------------------------------------------------------------------
+def mixture_part(*, n=4000, train_steps=3000, nfes=NFES, log=print):
+  gmm = make_mixture(jax.random.key(3), dim=8, num_components=4, scale=2.0,
+                     std=0.3, full_cov=True)
+  path = get_path('ddpm_linear')
+  ref, _ = gmm.sample(jax.random.key(100), 40_000)
+  data, _ = gmm.sample(jax.random.key(101), n)
+  floor = float(sliced_wasserstein(data, ref))
+  exact = gmm.denoiser(path=path, kind='eps')
+  shape = (n, gmm.dim)
+  rows = {}
+  runs = [('exact', exact, 'beta', 'beta'),
+          ('exact', exact, 'beta_tilde', 'posterior'),
+          ('exact', exact, 'analytic',
+           optimal_variance(gmm, path=path, isotropic=True)),
+          ('exact', exact, 'optimal', optimal_variance(gmm, path=path))]
+  lv = lv_lib.LearnedVariance(decoder='gaussian')
+  log(f'mixture: training a learn_sigma MLP with L_hybrid ({train_steps} '
+      'steps)')
+  apply, params, secs = train_hybrid(
+      lambda k, b: gmm.sample(k, b)[0], dim=gmm.dim, path=path,
+      prediction='eps', learned=lv, steps=train_steps, batch=256, width=256,
+      depth=3, lr=1e-3, log=log)
+  net = lambda x_t, t, c: apply(params, x_t, t, c)
+  runs += [('mlp', net, name, _SAMPLER_VARIANCE[name])
+           for name in ('beta', 'beta_tilde', 'learned')]
+  for mean_src, den, name, variance in runs:
+    errs = []
+    for nfe in nfes:
+      x = ancestral(den, path=path, prediction='eps', nfe=nfe,
+                    variance=variance, key=jax.random.key(7), shape=shape)
+      errs.append(float(sliced_wasserstein(x, ref)))
+    rows[f'{mean_src}/{name}'] = errs
+    log(f'  {mean_src:5s} mean, variance {name:10s}: SW1 ' +
+        ' '.join(f'{e:.4f}' for e in errs))
+  return dict(nfe=list(nfes), sw1=rows, floor=floor, n=n,
+              train_seconds=round(secs, 1), train_steps=train_steps)
+
+
+# ---------------------------------------------------------------------------
+# Part 2: digits.
+# ---------------------------------------------------------------------------
+def digits_part(*, train_steps=4000, num_samples=1000, nfes=NFES, log=print):
+  from visgen.data import digits  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import compare  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
+
+  train = digits.load_digits_split('train', size=8)
+  test = digits.load_digits_split('test', size=8)
+  x_train = jnp.asarray(preprocess.to_float(train['image'])).reshape(
+      len(train['image']), -1)
+  path = get_path('ddpm_cosine')
+  lv = lv_lib.LearnedVariance()  # discretized decoder: 8-bit images
+
+  def data_fn(key, b):
+    return x_train[jax.random.randint(key, (b,), 0, x_train.shape[0])]
+
+  log(f'digits: training a learn_sigma MLP with L_hybrid ({train_steps} '
+      'steps)')
+  apply, params, secs = train_hybrid(
+      data_fn, dim=x_train.shape[1], path=path, prediction='eps', learned=lv,
+      steps=train_steps, batch=256, width=384, depth=4, lr=1e-3, log=log)
+  net = feature_nets.get_feature_net('digits')
+  ref = compare.gather(net, test['image'])
+  floor = compare.metrics_between(ref, compare.gather(net, train['image']))
+  den = lambda x_t, t, c: apply(params, x_t, t, c)
+  rows = {}
+  for name in ('beta', 'beta_tilde', 'learned'):
+    rows[name] = []
+    for nfe in nfes:
+      x = ancestral(den, path=path, prediction='eps', nfe=nfe,
+                    variance=_SAMPLER_VARIANCE[name], key=jax.random.key(11),
+                    shape=(num_samples, x_train.shape[1]))
+      images = np.asarray(preprocess.to_uint8(
+          jnp.clip(x, -1, 1).reshape((num_samples,) + test['image'].shape[1:])))
+      m = compare.metrics_between(ref, compare.gather(net, images))
+      rows[name].append({k: float(m[k]) for k in ('fid', 'precision',
+                                                  'recall')})
+      log(f'  variance {name:10s} NFE {nfe:3d}: digits-FID {m["fid"]:.2f} '
+          f'precision {m["precision"]:.3f} recall {m["recall"]:.3f}')
+  return dict(nfe=list(nfes), metrics=rows, num_samples=num_samples,
+              floor_fid_train_vs_test=float(floor['fid']),
+              train_seconds=round(secs, 1), train_steps=train_steps)
+
+
+# ---------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------
+def markdown(results) -> str:
+  mix = results['mixture']
+  lines = ['### Exact mixture (8-D): sliced W1 to data, ancestral sampling',
+           '', '| mean | variance | ' + ' | '.join(
+               f'NFE {n}' for n in mix['nfe']) + ' |',
+           '|---|---|' + '---|' * len(mix['nfe'])]
+  for name, errs in mix['sw1'].items():
+    src, var = name.split('/')
+    lines.append(f'| {src} | {var} | ' + ' | '.join(f'{e:.4f}' for e in errs)
+                 + ' |')
+  lines += ['', f'Data-vs-data floor: {mix["floor"]:.4f} '
+            f'({mix["n"]} samples).', '']
+  if 'digits' in results:
+    dg = results['digits']
+    lines += ['### Digits (64-D): digits-FID / precision / recall, '
+              'ancestral sampling', '', '| variance | ' + ' | '.join(
+                  f'NFE {n}' for n in dg['nfe']) + ' |',
+              '|---|' + '---|' * len(dg['nfe'])]
+    for name, ms in dg['metrics'].items():
+      lines.append(f'| {name} | ' + ' | '.join(
+          f'{m["fid"]:.2f} / {m["precision"]:.2f} / {m["recall"]:.2f}'
+          for m in ms) + ' |')
+    lines += ['', f'digits-FID floor (train vs test): '
+              f'{dg["floor_fid_train_vs_test"]:.2f}; {dg["num_samples"]} '
+              'samples per entry.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results, filename):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  panels = [('mixture', 'sliced W1 to data')]
+  if 'digits' in results:
+    panels.append(('digits', 'digits-FID'))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+  axes = np.atleast_1d(axes)
+  for ax, (part, ylabel) in zip(axes, panels):
+    r = results[part]
+    series = (r['sw1'].items() if part == 'mixture' else
+              ((k, [m['fid'] for m in v]) for k, v in r['metrics'].items()))
+    for name, ys in series:
+      ax.plot(r['nfe'], ys, marker='o', label=name)
+    if part == 'mixture':
+      ax.axhline(r['floor'], color='gray', ls=':', label='data floor')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('NFE (ancestral steps)')
+    ax.set_ylabel(ylabel)
+    ax.set_title(part)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(filename, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m experiments.learned_variance')
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--mixture_steps', type=int, default=3000)
+  parser.add_argument('--digits_steps', type=int, default=4000)
+  parser.add_argument('--skip_digits', action='store_true')
+  args = parser.parse_args(argv)
+  os.makedirs(args.workdir, exist_ok=True)
+  t0 = time.time()
+  log = functools.partial(print, flush=True)
+  results = dict(mixture=mixture_part(train_steps=args.mixture_steps,
+                                      log=log))
+  if not args.skip_digits:
+    results['digits'] = digits_part(train_steps=args.digits_steps, log=log)
+  results['wall_time_s'] = round(time.time() - t0, 1)
+  with open(os.path.join(args.workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  table = markdown(results)
+  with open(os.path.join(args.workdir, 'results.md'), 'w') as f:
+    f.write(table)
+  plot(results, os.path.join(args.workdir, 'error_vs_steps.png'))
+  print(table)
+  print(f'wall time {results["wall_time_s"]} s')
+
+
+if __name__ == '__main__':
+  main()
