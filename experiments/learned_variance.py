@@ -281,33 +281,63 @@ def markdown(results) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _panel(draw, box, series, *, xs, ylabel, title, floor=None):
+  """A log-log panel: `series` {name: ys} against xs inside box (PIL)."""
+  left, top, right, bottom = box
+  vals = [y for ys in series.values() for y in ys if np.isfinite(y) and y > 0]
+  if floor:
+    vals.append(floor)
+  lo, hi = min(vals) / 1.3, max(vals) * 1.3
+  fx = lambda v: left + (np.log(v) - np.log(xs[0])) / (
+      np.log(xs[-1]) - np.log(xs[0])) * (right - left)
+  fy = lambda v: top + (np.log(hi) - np.log(np.clip(v, lo, hi))) / (
+      np.log(hi) - np.log(lo)) * (bottom - top)
+  draw.rectangle([left, top, right, bottom], outline='black')
+  for v in np.geomspace(lo, hi, 5):
+    draw.line([left - 4, fy(v), left, fy(v)], fill='black')
+    draw.text((left - 52, fy(v) - 6), f'{v:.3g}', fill='black')
+  for v in xs:
+    draw.line([fx(v), bottom, fx(v), bottom + 4], fill='black')
+    draw.text((fx(v) - 6, bottom + 8), str(v), fill='black')
+  draw.text(((left + right) // 2 - 60, bottom + 24),
+            'NFE (ancestral steps)', fill='black')
+  draw.text((left, top - 30), f'{title}: {ylabel}', fill='black')
+  colours = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd',
+             '#8c564b', '#e377c2', '#17becf']
+  if floor:
+    draw.line([left, fy(floor), right, fy(floor)], fill='#999999')
+    draw.text((right - 90, fy(floor) - 14), 'data floor', fill='#999999')
+  for k, (name, ys) in enumerate(series.items()):
+    colour = colours[k % len(colours)]
+    pts = [(fx(a), fy(b)) for a, b in zip(xs, ys) if np.isfinite(b)]
+    if len(pts) > 1:
+      draw.line(pts, fill=colour, width=2)
+    for px, py in pts:
+      draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    draw.text((right + 10, top + 14 * k), name, fill=colour)
+
+
 def plot(results, filename):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  """Error against NFE, log-log (PIL only: no plotting dependency)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
 
   panels = [('mixture', 'sliced W1 to data')]
   if 'digits' in results:
     panels.append(('digits', 'digits-FID'))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
-  axes = np.atleast_1d(axes)
-  for ax, (part, ylabel) in zip(axes, panels):
+  w = 560
+  img = Image.new('RGB', (w * len(panels), 420), 'white')
+  draw = ImageDraw.Draw(img)
+  for p, (part, ylabel) in enumerate(panels):
     r = results[part]
-    series = (r['sw1'].items() if part == 'mixture' else
-              ((k, [m['fid'] for m in v]) for k, v in r['metrics'].items()))
-    for name, ys in series:
-      ax.plot(r['nfe'], ys, marker='o', label=name)
     if part == 'mixture':
-      ax.axhline(r['floor'], color='gray', ls=':', label='data floor')
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    ax.set_xlabel('NFE (ancestral steps)')
-    ax.set_ylabel(ylabel)
-    ax.set_title(part)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(filename, dpi=120)
-  plt.close(fig)
+      series, floor = r['sw1'], r['floor']
+    else:
+      series = {k: [m['fid'] for m in v] for k, v in r['metrics'].items()}
+      floor = r['floor_fid_train_vs_test']
+    _panel(draw, (p * w + 70, 50, p * w + w - 150, 360), series,
+           xs=r['nfe'], ylabel=ylabel, title=part, floor=floor)
+  img.save(filename)
 
 
 def main(argv=None):

@@ -23,6 +23,10 @@ dimensions; conditioning passes through to the network untouched.
 
 (*) `get_weighting('uniform', space='eps')`: NCSN's lambda(sigma) = sigma^2 on
 the score MSE is exactly the uniform eps MSE.
+
+improved DDPM / ADM / DiT with a learned variance (a `learn_sigma` network)
+add iDDPM's L_vlb term: `learned_variance=dict(lambda_vlb=0.001)` gives
+L_hybrid (`visgen.objectives.learned_variance`).
 """
 
 import jax
