@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from visgen import samplers
+from visgen.groundtruth import exact_marginal_sample
 from visgen.groundtruth import make_mixture
 from visgen.groundtruth import sliced_wasserstein
 from visgen.interpolants import get_path
@@ -121,11 +122,18 @@ def test_unipc_matches_diffusers_transcription(order, variant):
 DIFFUSERS_UNIPC = {10: 0.39, 20: 0.13, 50: 0.017}
 
 
-def test_default_grid_beats_diffusers_unipc_per_nfe():
+@pytest.fixture(scope='module')
+def mixture8():
+  """(x_init, eps denoiser, converged reference) on GMM8, 256 samples."""
   x_init = jax.random.normal(jax.random.PRNGKey(1), (256, 8))
   fn = GMM8.denoiser(path=PATH, kind='eps')
   ref = convergence.pf_reference(fn, path=PATH, prediction='eps',
                                  x_init=x_init, num_steps=1000)
+  return x_init, fn, ref
+
+
+def test_default_grid_beats_diffusers_unipc_per_nfe(mixture8):
+  x_init, fn, ref = mixture8
   for nfe, bound in DIFFUSERS_UNIPC.items():
     ts = samplers.make_grid('auto', nfe, path=PATH, sampler='unipc')
     assert float(ts[-1]) == 0.0  # the last step goes to data: NFE = N
@@ -183,3 +191,95 @@ def test_multistep_solvers_stay_bounded_at_10_nfe(path_name):
       bound = 0.1 if grid == 'auto' and 'variant' not in kw else 0.35
       assert err < bound * scale, (name, kw, grid, err, scale)
   assert run._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_dpm_solver_3m_on_time_uniform_grid_does_not_diverge(mixture8):
+  """Issue 15: 3M on the uniform grid diverged at 10 NFE (3.2). The step
+  into data is now the exact first-order step (below), with or without
+  diffusers' lower_order_final."""
+  x_init, fn, ref = mixture8
+  ts = samplers.make_grid('diffusers_linspace', 10, path=PATH)
+  run = jax.jit(lambda ts: [samplers.sample(
+      'dpm_solver_3m', fn, path=PATH, prediction='eps', ts=ts,
+      x_init=x_init, lower_order_final=lof) for lof in (True, False)])
+  for x in run(ts):
+    assert convergence.path_rmse(x, ref) < 0.39
+
+
+def test_step_into_data_is_the_denoised_state():
+  """A final step to sigma = 0 returns E[x0 | x_{N-1}] (first order: any
+  extrapolation in lambda = inf is meaningless); the corrector does not
+  touch it (UniPC evaluates m_{N-1} before correcting x_{N-1})."""
+  fn = GMM8.denoiser(path=PATH, kind='eps')
+  ts = samplers.make_grid('auto', 6, path=PATH, sampler='unipc')
+  x_init = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
+  for name in ('unipc', 'dpm_solver_2m', 'dpm_solver_3m'):
+    # Same orders in both runs: lower_order_final would lower the last
+    # steps of the shorter one.
+    kw = dict(path=PATH, prediction='eps', x_init=x_init,
+              lower_order_final=False)
+    x = samplers.sample(name, fn, ts=ts, **kw)
+    x_prev = samplers.sample(name, fn, ts=ts[:-1], **kw)
+    x0 = GMM8.predict(x_prev, jnp.full((32,), ts[-2]), path=PATH, kind='x0')
+    np.testing.assert_allclose(x, x0, atol=2e-5, rtol=1e-5, err_msg=name)
+
+
+# ---- traced grids: one compile per grid length ----------------------------
+def test_new_solvers_do_not_recompile_for_new_grid_values():
+  path = get_path('vp')
+  fn = GMM2.denoiser(path=path, kind='eps')
+  x_init = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+
+  @jax.jit
+  def run(ts, key):
+    return [samplers.sample(name, fn, path=path, prediction='eps', ts=ts,
+                            x_init=x_init, key=key)
+            for name in ('unipc', 'dpm_solver_3m', 'dpm_solver_2m_sde',
+                         'ipndm')]
+
+  key = jax.random.PRNGKey(1)
+  outs = [run(samplers.make_grid(g, 6, path=path, sampler='unipc'), key)
+          for g in ('auto', 'uniform', 'logsnr', 'karras')]
+  assert run._cache_size() == 1  # pylint: disable=protected-access
+  assert not np.allclose(outs[0][0], outs[1][0])
+
+
+# ---- the SDE variant samples the data distribution ------------------------
+def test_dpm_solver_2m_sde_matches_data():
+  """SW-1 between 4000 samples and 80 000 data points below the noise-floor
+  tolerance of tests/test_samplers.py (0.08), from the exact marginal."""
+  path = get_path('vp')
+  fn = GMM2.denoiser(path=path, kind='eps')
+  ref = GMM2.sample(jax.random.PRNGKey(1), 80_000)[0]
+  x_init = exact_marginal_sample(GMM2, path, jax.random.PRNGKey(2), 4000)
+  run = jax.jit(lambda key: samplers.sample(
+      'dpm_solver_2m_sde', fn, path=path, prediction='eps', key=key,
+      ts=samplers.make_grid('auto', 40, path=path,
+                            sampler='dpm_solver_2m_sde'), x_init=x_init))
+  x, x_other = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
+  assert np.all(np.isfinite(x)) and not np.allclose(x, x_other)
+  assert float(sliced_wasserstein(x, ref)) < 0.08
+
+
+# ---- registry: clear errors for what does not apply -----------------------
+def test_new_solver_and_grid_errors():
+  vp, lin, bridge = get_path('vp'), get_path('linear'), get_path('bridge_ve')
+  fn = GMM2.denoiser(path=vp, kind='eps')
+  ts = samplers.make_grid('uniform', 4, path=vp)
+  kw = dict(key=jax.random.PRNGKey(0), shape=(4, 2))
+  with pytest.raises(ValueError, match='variant must be one of bh1, bh2'):
+    samplers.sample('unipc', fn, path=vp, prediction='eps', ts=ts,
+                    variant='bh3', **kw)
+  with pytest.raises(ValueError, match='order must be 1, 2 or 3'):
+    samplers.sample('unipc', fn, path=vp, prediction='eps', ts=ts, order=4,
+                    **kw)
+  with pytest.raises(ValueError, match="'ipndm' does not apply .*alpha"):
+    samplers.sample('ipndm', fn, path=lin, prediction='velocity', ts=ts,
+                    **kw)
+  with pytest.raises(ValueError, match="'unipc' does not apply .*bridge"):
+    samplers.sample('unipc', fn, path=bridge, prediction='x0', ts=ts,
+                    y=jnp.zeros((4, 2)), **kw)
+  with pytest.raises(ValueError, match='needs sampler='):
+    samplers.make_grid('auto', 4, path=vp)
+  with pytest.raises(ValueError, match='repeats t'):
+    samplers.make_grid('logsnr', 50, path=PATH, t_min=0.0, sigma_min=0.005)
