@@ -3,7 +3,8 @@
 `sample(name, denoise_fn, *, path, prediction, ts, ...)` draws samples with
 the denoiser callable `denoise_fn(x_t, t_B, cond) -> prediction of kind
 `prediction`` trained on `path`; `make_grid(name, num_steps, path=...)` builds
-the decreasing time grid `ts` (t_max -> t_min). Every loop is a
+the decreasing time grid `ts` (t_max -> t_min; `make_grid('auto', n,
+path=..., sampler=name)` is the sampler's default grid). Every loop is a
 `lax.fori_loop` / `lax.while_loop` over traced grids and option values, so
 under one `jax.jit` any grid of the same length, any guidance scale and any
 float option reuse the compiled program; only static options (strings,
@@ -20,11 +21,18 @@ counts, `denoise_final`) and shapes recompile.
 | annealed_langevin | NCSN's annealed Langevin (alpha = 1 paths)  | inner    |
 | edm               | EDM's stochastic Heun (S_churn, S_noise)    | 2        |
 | dpm_solver_2m/3m  | DPM-Solver++ multistep, data prediction     | 1        |
+| dpm_solver_2m_sde | SDE-DPM-Solver++(2M) (diffusers' midpoint)  | 1        |
+| unipc             | UniPC: UniP-p + UniC-p (bh1/bh2), p <= 3    | 1        |
+| ipndm             | iPNDM: Adams-Bashforth on dx_hat/ds = eps   | 1        |
 | bridge_heun       | DDBM's hybrid (stochastic step + Heun)      | 3        |
 
 A final denoising step is never implicit: `denoise_final=True` returns
 E[x0 | x_{t_min}] after the last step (one more NFE); with False the state at
-ts[-1] is returned as is.
+ts[-1] is returned as is. The multistep solvers (unipc, dpm_solver_*, ipndm)
+also accept grids that end at data (t = 0 where sigma(0) = 0, e.g.
+'logsnr_data', their default): the last step then goes to x0 without an
+evaluation there, so NFE = N, as in diffusers' final_sigmas_type='zero'.
+Pathwise errors per NFE: experiments/sampler_convergence.py (`--parts=nfe`).
 """
 
 import jax

@@ -209,6 +209,14 @@ DEFAULT_GRIDS = {
 }
 
 
+@GRIDS.register('auto')
+def auto(num_steps, *, path, **kwargs):
+  """Registered so that configs may name it; `make_grid` resolves it."""
+  del num_steps, path, kwargs
+  raise ValueError("make_grid('auto', ...) needs sampler=<name> to pick "
+                   "that sampler's default grid.")
+
+
 def default_grid(sampler, path):
   """The name of the default grid of `sampler` on `path`."""
   with jax.ensure_compile_time_eval():
@@ -231,10 +239,7 @@ def make_grid(name, num_steps, *, path, sampler=None, **kwargs):
   `name='auto'` picks the default grid of `sampler` (`DEFAULT_GRIDS`)."""
   if int(num_steps) < 1:
     raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
-  if name == 'auto':
-    if sampler is None:
-      raise ValueError("make_grid('auto', ...) needs sampler=<name> to pick "
-                       'that sampler\'s default grid.')
+  if name == 'auto' and sampler is not None:
     name = default_grid(sampler, path)
   fn = GRIDS.get(name)
   try:
