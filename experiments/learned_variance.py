@@ -42,7 +42,10 @@ import optax
 
 from visgen import models
 from visgen import samplers
+from visgen.data import digits
 from visgen.data import preprocess
+from visgen.evaluators import compare
+from visgen.evaluators import feature_nets
 from visgen.groundtruth import make_mixture
 from visgen.groundtruth import sliced_wasserstein
 from visgen.interpolants import get_path
@@ -101,18 +104,42 @@ def optimal_variance(gmm, *, path, isotropic=False):
   return fn
 
 
+def transferred_optimal_variance(gmm, *, path, num_timesteps=1000):
+  """`(x_t, t, s) -> variance`: the best a learned v can do under iDDPM's
+  parameterisation. v is what the exact optimum is on the *training* grid
+  (the fine step t - 1 / T to t: f* = (log var* - log beta_tilde) /
+  (log beta - log beta_tilde)), then used on the step actually taken, as a
+  learned v is when sampling with fewer steps (respacing)."""
+  exact = optimal_variance(gmm, path=path)
+
+  def fn(x_t, t, s):
+    s_fine = jnp.maximum(t - 1.0 / num_timesteps, 0.0)
+    beta_f, tilde_f = lv_lib.step_variances(path=path, t=t, s=s_fine)
+    # v in [-1, 1] spans f in [0, 1]; where beta ~ beta_tilde on the fine
+    # grid f is ill-determined (a 0 / 0), so it is kept inside that range.
+    f = jnp.clip((jnp.log(exact(x_t, t, s_fine)) - jnp.log(tilde_f)) / (
+        jnp.log(beta_f) - jnp.log(tilde_f)), 0.0, 1.0)
+    beta, tilde = lv_lib.step_variances(path=path, t=t, s=s)
+    return jnp.exp(f * jnp.log(beta) + (1.0 - f) * jnp.log(tilde))
+
+  return fn
+
+
 # ---------------------------------------------------------------------------
 # Sampling with iDDPM's respacing.
 # ---------------------------------------------------------------------------
 def ancestral(denoise, *, path, prediction, nfe, variance, key, shape,
-              cond=None):
+              cond=None, clip_x0=None):
   """N = nfe network calls: N - 1 ancestral steps on evenly spaced times
   t_max ... t_min, then x0_hat at t_min (iDDPM's respaced loop, whose last
-  step returns the mean)."""
+  step returns the mean). `clip_x0`: iDDPM's clip_denoised (images)."""
   ts = samplers.make_grid('uniform', nfe - 1, path=path)
-  return samplers.sample('ddpm', denoise, key=key, shape=shape, cond=cond,
-                         path=path, prediction=prediction, ts=ts,
-                         variance=variance, denoise_final=True)
+  x0 = samplers.sample('ddpm', denoise, key=key, shape=shape, cond=cond,
+                       path=path, prediction=prediction, ts=ts,
+                       variance=variance, clip_x0=clip_x0,
+                       denoise_final=True)
+  # The last step's x0_hat, clipped like every other one.
+  return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +207,9 @@ def mixture_part(*, n=4000, train_steps=3000, nfes=NFES, log=print):
           ('exact', exact, 'beta_tilde', 'posterior'),
           ('exact', exact, 'analytic',
            optimal_variance(gmm, path=path, isotropic=True)),
-          ('exact', exact, 'optimal', optimal_variance(gmm, path=path))]
+          ('exact', exact, 'optimal', optimal_variance(gmm, path=path)),
+          ('exact', exact, 'optimal_v_transferred',
+           transferred_optimal_variance(gmm, path=path))]
   lv = lv_lib.LearnedVariance(decoder='gaussian')
   log(f'mixture: training a learn_sigma MLP with L_hybrid ({train_steps} '
       'steps)')
@@ -208,10 +237,6 @@ def mixture_part(*, n=4000, train_steps=3000, nfes=NFES, log=print):
 # Part 2: digits.
 # ---------------------------------------------------------------------------
 def digits_part(*, train_steps=4000, num_samples=1000, nfes=NFES, log=print):
-  from visgen.data import digits  # pylint: disable=g-import-not-at-top
-  from visgen.evaluators import compare  # pylint: disable=g-import-not-at-top
-  from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
-
   train = digits.load_digits_split('train', size=8)
   test = digits.load_digits_split('test', size=8)
   x_train = jnp.asarray(preprocess.to_float(train['image'])).reshape(
@@ -237,7 +262,7 @@ def digits_part(*, train_steps=4000, num_samples=1000, nfes=NFES, log=print):
     for nfe in nfes:
       x = ancestral(den, path=path, prediction='eps', nfe=nfe,
                     variance=_SAMPLER_VARIANCE[name], key=jax.random.key(11),
-                    shape=(num_samples, x_train.shape[1]))
+                    shape=(num_samples, x_train.shape[1]), clip_x0=1.0)
       images = np.asarray(preprocess.to_uint8(
           jnp.clip(x, -1, 1).reshape((num_samples,) + test['image'].shape[1:])))
       m = compare.metrics_between(ref, compare.gather(net, images))
@@ -341,7 +366,8 @@ def plot(results, filename):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m experiments.learned_variance')
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.learned_variance')
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--mixture_steps', type=int, default=3000)
   parser.add_argument('--digits_steps', type=int, default=4000)

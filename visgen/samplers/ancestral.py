@@ -51,7 +51,8 @@ def check_variance(path, options):
 @base.register('ddpm', stochastic=True,
                checks=(base.not_bridge, check_variance),
                summary='DDPM ancestral sampling (posterior mean + noise)')
-def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None):
+def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None,
+         clip_x0=None):
   """Ancestral sampling on the grid ts.
 
   Args:
@@ -63,6 +64,10 @@ def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None):
     mean_shift: optional `(x_t, t_B, cond) -> g` added as mu + var * g
       (classifier guidance in ADM's mean-shift form, see
       `visgen.samplers.guidance.classifier_mean_shift`).
+    clip_x0: None, or a bound c: x0_hat is clipped to [-c, c] before the
+      posterior mean (ADM / iDDPM's `clip_denoised` for images in [-1, 1]).
+      It matters where alpha(t) is tiny (the cosine schedule has
+      alpha(1) ~ 5e-5): an eps error there is amplified by 1 / alpha.
   """
   path = view.path
 
@@ -80,6 +85,8 @@ def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None):
     t, s = ts[i], ts[i + 1]
     a, b, sig_t2, sig_s2 = _posterior(path, t, s)
     x0, v = x0_and_v(x, t)
+    if clip_x0 is not None:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
     mu = (a * sig_s2 / sig_t2) * x + (path.alpha(s) * b / sig_t2) * x0
     if callable(variance):
       var = variance(x, t, s)
