@@ -168,18 +168,16 @@ def test_multistep_solvers_stay_bounded_at_10_nfe(path_name):
   assert len(solvers) >= 4, path_name  # iPNDM is refused where alpha = 0
 
   @jax.jit
-  def run(ts):
+  def run(grids):  # one grid per solver (its own default for 'auto')
     return [samplers.sample(name, fn, path=path, prediction=kind, ts=ts,
-                            x_init=x_init, **kw) for name, kw in solvers]
+                            x_init=x_init, **kw)
+            for (name, kw), ts in zip(solvers, grids)]
 
   refs = {}
   for grid in ('auto', 'uniform', 'logsnr', 'quadratic', 'karras'):
-    for (name, kw), x in zip(solvers, run(samplers.make_grid(
-        grid, 10, path=path, sampler='unipc'))):
-      ts = samplers.make_grid(grid, 10, path=path, sampler=name)
-      if grid == 'auto' and name != 'unipc':  # its own default grid
-        x = samplers.sample(name, fn, path=path, prediction=kind, ts=ts,
-                            x_init=x_init, **kw)
+    grids = [samplers.make_grid(grid, 10, path=path, sampler=name)
+             for name, _ in solvers]
+    for (name, kw), ts, x in zip(solvers, grids, run(grids)):
       end = float(ts[-1])
       if end not in refs:
         refs[end] = convergence.pf_reference(
@@ -213,13 +211,18 @@ def test_step_into_data_is_the_denoised_state():
   fn = GMM8.denoiser(path=PATH, kind='eps')
   ts = samplers.make_grid('auto', 6, path=PATH, sampler='unipc')
   x_init = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
-  for name in ('unipc', 'dpm_solver_2m', 'dpm_solver_3m'):
-    # Same orders in both runs: lower_order_final would lower the last
-    # steps of the shorter one.
-    kw = dict(path=PATH, prediction='eps', x_init=x_init,
-              lower_order_final=False)
-    x = samplers.sample(name, fn, ts=ts, **kw)
-    x_prev = samplers.sample(name, fn, ts=ts[:-1], **kw)
+  names = ('unipc', 'dpm_solver_2m', 'dpm_solver_3m')
+  # Same orders in both runs: lower_order_final would lower the last steps
+  # of the shorter one.
+  kw = dict(path=PATH, prediction='eps', x_init=x_init,
+            lower_order_final=False)
+
+  @jax.jit
+  def run(ts):
+    return [(samplers.sample(name, fn, ts=ts, **kw),
+             samplers.sample(name, fn, ts=ts[:-1], **kw)) for name in names]
+
+  for name, (x, x_prev) in zip(names, run(ts)):
     x0 = GMM8.predict(x_prev, jnp.full((32,), ts[-2]), path=PATH, kind='x0')
     np.testing.assert_allclose(x, x0, atol=2e-5, rtol=1e-5, err_msg=name)
 
