@@ -114,7 +114,8 @@ def test_unipc_matches_diffusers_transcription(order, variant):
   ref = _diffusers_unipc(np.asarray(x_init, np.float64), alphas, sigmas,
                          order=order, variant=variant)
   assert int(info['nfe']) == num_steps  # the corrector costs no NFE
-  np.testing.assert_allclose(x, ref, atol=2e-3, rtol=1e-3)
+  # Agreement is ~1e-5 (float32); bh1 vs bh2 differ by 0.2 here.
+  np.testing.assert_allclose(x, ref, atol=1e-4, rtol=1e-4)
 
 
 # ---- issue 15's targets: below diffusers' UniPC at 10 / 20 / 50 NFE ------
