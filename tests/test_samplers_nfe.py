@@ -139,8 +139,7 @@ def test_default_grid_beats_diffusers_unipc_per_nfe(mixture8):
     ts = samplers.make_grid('auto', nfe, path=PATH, sampler='unipc')
     assert float(ts[-1]) == 0.0  # the last step goes to data: NFE = N
     x, info = samplers.sample('unipc', fn, path=PATH, prediction='eps',
-                              ts=ts, x_init=x_init, order=3,
-                              return_info=True)
+                              ts=ts, x_init=x_init, return_info=True)
     assert int(info['nfe']) == nfe
     err = convergence.path_rmse(x, ref)
     assert err < 0.8 * bound, (nfe, err)

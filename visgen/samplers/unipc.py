@@ -107,20 +107,22 @@ def check_unipc(path, options):
     return reason
   if options.get('variant', 'bh2') not in VARIANTS:
     return f"variant must be one of {', '.join(VARIANTS)}"
-  if options.get('order', 2) not in (1, 2, 3):
+  if options.get('order', 3) not in (1, 2, 3):
     return 'order must be 1, 2 or 3'
   return None
 
 
 @base.register('unipc', stochastic=False, checks=(check_unipc,),
                summary='UniPC multistep (UniP-p + UniC-p), bh1/bh2')
-def unipc(view, x, ts, key, *, order=2, variant='bh2', corrector=True,
+def unipc(view, x, ts, key, *, order=3, variant='bh2', corrector=True,
           lower_order_final=True):
   """UniPC over the grid `ts` (see the module docstring); NFE = N.
 
   Args:
-    order: UniP/UniC order p (1, 2 or 3; static). Diffusers' default is 2,
-      UniPC's paper recommends 3 for unconditional sampling.
+    order: UniP/UniC order p (1, 2 or 3; static). 3 (UniPC's choice for
+      unconditional sampling) was the most accurate per NFE on exact
+      mixtures; diffusers' default, 2, is UniPC's advice under strong
+      guidance.
     variant: 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1).
     corrector: apply UniC (free: it reuses the next step's evaluation).
     lower_order_final: at most order N - i at step i (diffusers' default).
