@@ -19,15 +19,21 @@ printed beside it. `--out` writes JSON with the keys fid, sfid,
 inception_score, precision, recall, kid (null where undefined for the net),
 plus feature_net, names, num_ref, num_samples, floor, and class_accuracy
 (trained nets, when the sample batch has visgen's `arr_1` labels).
+
+Inputs are checked before any network runs: both files must be readable ADM
+batches of the same image size and channels, and `--out`'s folder is created
+first. A bad input prints one line (`error: ...`, exit 2; `--verbose` adds
+the traceback); the JSON is written atomically.
 """
 
 import argparse
-import json
 import math
 import sys
 
 import numpy as np
 
+from visgen import logging_lib
+from visgen import validate
 from visgen.evaluators import batch_io
 from visgen.evaluators import compare
 from visgen.evaluators import feature_nets
@@ -36,9 +42,10 @@ from visgen.evaluators import feature_nets
 def evaluate(ref_path: str, sample_path: str, *,
              feature_net: str = 'inception') -> dict:
   """Returns the result dict that `--out` writes."""
-  net = feature_nets.get_feature_net(feature_net)
   ref_images = batch_io.StreamingImages(ref_path)
   sample_images = batch_io.StreamingImages(sample_path)
+  sample_images.check_matches(ref_images)
+  net = feature_nets.get_feature_net(feature_net)
   ref = compare.gather(net, ref_images)
   ref.given_stats, ref.given_spatial_stats = batch_io.read_reference_stats(
       ref_path, feature_net)
@@ -97,16 +104,23 @@ def main(argv=None) -> None:
   parser.add_argument('--feature-net', '--feature_net', default='inception',
                       choices=feature_nets.FEATURE_NETS.names())
   parser.add_argument('--out', default=None, help='write metrics JSON here')
+  parser.add_argument('--verbose', action='store_true',
+                      help='show the traceback of errors')
   args = parser.parse_args(argv)
-  try:
-    result = evaluate(args.ref_batch, args.sample_batch,
-                      feature_net=args.feature_net)
-  except FileNotFoundError as e:  # missing batch or Inception weights
-    raise SystemExit(f'error: {e}') from e
-  print_result(result)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1, sort_keys=True)
+
+  def work():
+    ref = validate.check_input_file(args.ref_batch, what='reference batch')
+    sample = validate.check_input_file(args.sample_batch,
+                                       what='sample batch')
+    out = validate.check_output_file(args.out, flag='--out')  # Before work.
+    result = evaluate(ref, sample, feature_net=args.feature_net)
+    print_result(result)
+    if out:
+      logging_lib.write_json(out, result, indent=1, sort_keys=True)
+
+  status = validate.run_cli(work, verbose=args.verbose)
+  if status:
+    raise SystemExit(status)
 
 
 if __name__ == '__main__':

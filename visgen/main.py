@@ -133,6 +133,8 @@ def _flag_error(fv: flags.FlagValues, argv, e: Exception) -> str:
   elif 'earlier failure to load' in text:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     text = f'--config: cannot load it: {lines[-1]}'
+  if specs and config is None and '--config' not in text:
+    text = f'--config={specs[-1]}: the config file failed to load: {text}'
   return ' '.join(text.split())
 
 

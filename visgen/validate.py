@@ -152,6 +152,13 @@ def check_output_file(path: str | None, *, flag: str) -> str | None:
   return path
 
 
+def check_arg(flag: str, value: Any, ok: bool, allowed: str) -> None:
+  """A command-line value (not a config key): `UserError` unless ok."""
+  if not ok:
+    raise UserError(f'{flag}={value!r} is invalid: must be {allowed}. Fix: '
+                    f'pass {flag}=<{allowed}>.')
+
+
 def check_input_file(path: str, *, what: str) -> str:
   path = resolve_path(path, flag=what)
   if not os.path.exists(path):
