@@ -4,10 +4,11 @@
 end a few-step grid of `make_grid` reaches (data, t = 0, where sigma(0) = 0;
 else the path's t_min) with UniPC-3 on a fine log-SNR grid, then, on paths
 that end at data, geometric steps in t from the path's t_min down to
-s = sigma / alpha ~ 1e-6 and a last step to data (error O(1e-12)). `path_rmse` is the RMS
-distance sqrt(mean_n |x_n - ref_n|^2) of issue 15's table. On the 8-D
-mixture of `experiments.sampler_convergence` 1000 and 2000 steps agree to
-2e-5, so the reference is converged far below the few-step errors.
+s = sigma / alpha ~ 1e-6 and a last step to data (error O(1e-12)).
+`path_rmse` is the RMS distance sqrt(mean_n |x_n - ref_n|^2) of issue 15's
+table. On the 8-D mixture of `experiments.sampler_convergence` 1000 and
+2000 steps agree to 3e-5, so the reference is converged far below the
+few-step errors.
 """
 
 import jax
