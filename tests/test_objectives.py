@@ -100,6 +100,10 @@ def test_time_distribution_moments():
   np.testing.assert_allclose(gaps, (1 - 1e-5) / 64, rtol=1e-3)
   t, _ = get_time_dist('discrete', num_timesteps=10).sample(key, 1000)
   assert set(np.round(np.asarray(t) * 10).astype(int)) == set(range(1, 11))
+  # Without num_timesteps, the grid of the path's own T (here 100).
+  t, _ = get_time_dist('discrete').sample(
+      key, 2000, path=get_path('ddpm_linear', num_timesteps=100))
+  assert set(np.round(np.asarray(t) * 100).astype(int)) == set(range(1, 101))
   for name in ['mode', 'cosmap', 'uniform']:
     t, _ = get_time_dist(name).sample(key, 4000, path=get_path('linear'))
     assert 0 < float(t.min()) and float(t.max()) <= 1

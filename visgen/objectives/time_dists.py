@@ -53,13 +53,18 @@ class Uniform(TimeDist):
 @TIME_DISTS.register('discrete')
 @dataclasses.dataclass(frozen=True)
 class Discrete(TimeDist):
-  """DDPM's uniform discrete steps: t = (i + 1) / T, i ~ U{0, ..., T - 1}."""
+  """DDPM's uniform discrete steps: t = (i + 1) / T, i ~ U{0, ..., T - 1}.
 
-  num_timesteps: int = 1000
+  T defaults to the path's own number of steps (ddpm_linear / ddpm_cosine
+  with any num_timesteps), else 1000.
+  """
+
+  num_timesteps: int | None = None
 
   def sample(self, key, n, *, path=None, state=None):
-    i = jax.random.randint(key, (n,), 0, self.num_timesteps)
-    return (i + 1) / self.num_timesteps, jnp.ones((n,))
+    steps = self.num_timesteps or getattr(path, 'num_timesteps', None) or 1000
+    i = jax.random.randint(key, (n,), 0, steps)
+    return (i + 1) / steps, jnp.ones((n,))
 
 
 @TIME_DISTS.register('stratified')
