@@ -37,6 +37,7 @@ import numpy as np
 
 from experiments import guidance_tradeoff
 from visgen.classification import diffusion_classifier as dc_lib
+from visgen import config_loader
 from visgen.classification import guided_sampling
 from visgen.data import digits
 from visgen.data import preprocess
@@ -48,7 +49,7 @@ def discriminative_config(steps: int, *, width: int, depth: int,
                           runlocal: bool = False):
   arg = f':clean=true,width={width},depth={depth}' + (
       ',runlocal' if runlocal else '')
-  c = guided_sampling.load_config(os.path.join(
+  c = config_loader.load(os.path.join(
       guidance_tradeoff.ROOT, 'configs/digits_noisy_classifier.py') + arg)
   c.total_steps = steps
   c.ckpt_every = max(steps // 2, 1)
@@ -84,9 +85,8 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
   n = len(test['label']) if num_test is None else num_test
   x = np.asarray(preprocess.to_float(test['image'][:n])).reshape(n, -1)
   y = np.asarray(test['label'][:n])
-  apply = gen.build['apply']
   dc = dc_lib.DiffusionClassifier(
-      lambda x_t, t, c: apply(gen.params, x_t, t, c), task.path,
+      task.network(gen.params), task.path,
       task.prediction, task.num_classes)
   key = jax.random.key(0)
   # The same draws for every chunk: the key is fixed; errors are per image.
@@ -110,11 +110,7 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
   disc = guided_sampling.load_trained(
       disc_cfg, os.path.join(workdir, 'discriminative'), train_if_needed=True)
   t_disc = time.time() - t3
-  d_apply = disc.build['apply']
-  t_min = disc.task.path.t_min
-  d_logits = jax.jit(lambda xb: d_apply(disc.params, xb,
-                                        jnp.full((xb.shape[0],), t_min), {}))(
-                                            x)
+  d_logits = jax.jit(lambda xb: disc.task.logits(disc.params, xb))(x)
   d_acc = float(np.mean(np.argmax(np.asarray(d_logits), -1) == y))
   return dict(
       diffusion_classifier_accuracy=acc,

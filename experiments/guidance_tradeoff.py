@@ -52,6 +52,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from visgen import config_loader
 from visgen import registry
 from visgen.classification import guided_sampling
 from visgen.evaluators import datasets
@@ -97,7 +98,7 @@ DATASETS.register('shapes')(Dataset(
 
 def generator_config(steps: int, *, runlocal: bool = False,
                      dataset: str = 'digits'):
-  c = guided_sampling.load_config(
+  c = config_loader.load(
       os.path.join(ROOT, DATASETS.get(dataset).generator)
       + (':runlocal' if runlocal else ''))
   c.total_steps = steps
@@ -110,7 +111,7 @@ def generator_config(steps: int, *, runlocal: bool = False,
 
 def classifier_config(steps: int, *, runlocal: bool = False,
                       dataset: str = 'digits'):
-  c = guided_sampling.load_config(
+  c = config_loader.load(
       os.path.join(ROOT, DATASETS.get(dataset).classifier)
       + (':runlocal' if runlocal else ''))
   c.total_steps = steps
@@ -159,7 +160,6 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
       os.path.join(workdir, 'classifier'),
       train_if_needed=True)
   t_cls = time.time() - t0 - t_gen
-  k = gen.task.num_classes
   batch = min(batch, num_samples)
   sampler_cfg = guided_sampling.sampler_override(gen.config.sampler, sampler,
                                                  steps)
@@ -181,8 +181,8 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
     t_row = time.time()
 
     def sample_fn(key, n, kind=kind, scale=scale):
-      labels = np.arange(n, dtype=np.int32) % k
-      return guided(labels, key, kind=kind, scale=scale), labels
+      m = guided(n, key, kind=kind, scale=scale)
+      return m.samples, m.labels
 
     m = evaluator.run(sample_fn, jax.random.key(100 + i))
     row = dict(guidance=kind, scale=scale, fid=m[f'{net}_fid'], sfid=None,

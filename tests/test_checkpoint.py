@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.test_train import tiny_config
+from visgen import builder
 from visgen import checkpoint as ckpt_lib
 from visgen import sharding
 from visgen import train
@@ -21,8 +22,8 @@ def _state(v):
 
 def _fp(config):
   mesh = sharding.make_mesh(config.sharding.mesh)
-  return ckpt_lib.fingerprint(config, train.build(config, mesh)[
-      'abstract_params'])
+  return ckpt_lib.fingerprint(config,
+                              builder.build(config, mesh).abstract_params)
 
 
 def _digits_iter():

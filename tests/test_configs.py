@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from visgen import builder
 from visgen import sharding
 from visgen import train
 
@@ -45,9 +46,9 @@ def test_full_config_builds(name):
   assert load(name).__doc__ and 'python -m visgen.main' in load(name).__doc__
   # The full-size model, task and optimizer state exist abstractly (shapes
   # only, nothing allocated): catches bad model arguments in big configs.
-  b = train.build(c, sharding.make_mesh(c.sharding.mesh))
-  assert b['task'].x_shape == tuple(c.task.x_shape)
-  n = sum(x.size for x in jax.tree.leaves(b['abstract_params']))
+  b = builder.build(c, sharding.make_mesh(c.sharding.mesh))
+  assert b.task.x_shape == tuple(c.task.x_shape)
+  n = sum(x.size for x in jax.tree.leaves(b.abstract_params))
   assert n > 0
 
 
@@ -78,7 +79,7 @@ def test_dit_imagenet_names_both_missing_inputs(tmp_path):
   c = load('dit_imagenet').get_config('')
   c.autoencoder.path = str(tmp_path / 'no_vae.npz')
   with pytest.raises(FileNotFoundError) as e:
-    train.load_train_source(c)
+    builder.load_train_source(c)
   msg = str(e.value)
   assert 'imagenet256' in msg and 'no_vae.npz' in msg
 
@@ -86,13 +87,13 @@ def test_dit_imagenet_names_both_missing_inputs(tmp_path):
 def test_cifar_config_without_data_says_how_to_prepare():
   c = load('flow_matching_cifar10').get_config('')
   with pytest.raises(Exception, match='(?i)cifar10'):
-    train.load_train_source(c)
+    builder.load_train_source(c)
 
 
 def test_dit_xl2_has_the_paper_size():
   c = load('dit_imagenet').get_config('variant=XL/2')
-  b = train.build(c, sharding.make_mesh(c.sharding.mesh))
-  n = sum(x.size for x in jax.tree.leaves(b['abstract_params']))
+  b = builder.build(c, sharding.make_mesh(c.sharding.mesh))
+  n = sum(x.size for x in jax.tree.leaves(b.abstract_params))
   assert 670e6 < n < 680e6, n  # DiT-XL/2: 675M parameters.
 
 

@@ -284,7 +284,7 @@ def test_generation_task_reads_cfg_options_from_the_sampler_config():
         path=dict(name='linear'), prediction='velocity',
         weighting=dict(name='uniform'), time_dist=dict(name='uniform'),
         sampler=dict(name='euler', steps=4, cfg_scale=4.0,
-                     **sampler_opts))))
+                     **sampler_opts))), apply=apply)
 
   tasks = [task(), task(cfg_interval=(2.0, 3.0)),
            task(cfg_rescale=0.7, cfg_interval=(0.3, 1.0), cfg_channels=1)]
@@ -293,7 +293,7 @@ def test_generation_task_reads_cfg_options_from_the_sampler_config():
 
   @jax.jit
   def run(s):
-    got = [tk.sample(apply, {}, {}, cond, key, n=N, guidance=s)
+    got = [tk.sample({}, {}, cond, key, n=N, guidance=s)
            for tk in tasks]
     ts = samplers.make_grid('uniform', 4, path=path)
     want = [samplers.sample('euler', guidance.cfg(raw, scale=s, null_class=K,

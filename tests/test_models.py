@@ -3,10 +3,12 @@
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
 from visgen import models
+from visgen import sharding
 from visgen.models import dit as dit_lib
 
 TINY = dict(input_size=8, in_channels=3, width=32, depth=2, heads=2,
@@ -66,7 +68,9 @@ def test_dit_variants_and_learned_sigma():
 
 
 def test_registry_errors():
-  # Other packages register models too (noisy_classifier) once imported.
+  # Importing visgen.models alone gives every model (no registration by
+  # import side effects elsewhere).
+  assert models.MODELS.names() == ['dit', 'mlp', 'noisy_classifier', 'unet']
   with pytest.raises(ValueError, match='Valid choices: dit, mlp, .*unet'):
     models.get_model('ditt', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="unknown arguments \\['widht'\\]"):
@@ -140,7 +144,8 @@ def test_logical_axes_and_shardings():
   assert axes['y_embed']['table'] == ('vocab', 'embed')
   mesh = jax.make_mesh((1,), ('fsdp',),
                        axis_types=(jax.sharding.AxisType.Auto,))
-  sh = models.param_shardings(params, mesh, [('embed', 'fsdp')])
+  sh = sharding.param_shardings(params, mesh, mlc.ConfigDict(
+      dict(rules=[('embed', 'fsdp')])))
   assert (jax.tree.structure(sh) == jax.tree.structure(params))
   spec = sh['blocks'][0]['fc2']['kernel'].get_value().spec
   assert spec == jax.sharding.PartitionSpec(None, 'fsdp')

@@ -24,8 +24,7 @@ SCRIPT = textwrap.dedent(r'''
   jax.config.update('jax_disable_most_optimizations', True)  # CI speed.
   import numpy as np
   from tests.test_train import tiny_config
-  from visgen import checkpoint as ckpt_lib, sharding, train
-  from visgen import train_step as step_lib
+  from visgen import builder, checkpoint as ckpt_lib, sharding
   from visgen.data import digits, pipeline
 
   assert jax.device_count() == 8
@@ -43,13 +42,9 @@ SCRIPT = textwrap.dedent(r'''
     c = tiny_config()
     c.sharding.mesh = MESHES[kind][0]
     mesh = sharding.make_mesh(c.sharding.mesh, MESHES[kind][1])
-    b = train.build(c, mesh)
-    state = jax.jit(b['init'], out_shardings=b['shardings'])(
-        jax.random.key(1))
-    step = jax.jit(step_lib.make_train_step(
-        lambda p, fr, bt, k: b['task'].loss(b['apply'], p, fr, bt, k),
-        b['tx'], b['schedule']), donate_argnums=(0,),
-        out_shardings=(b['shardings'], sharding.replicated(mesh)))
+    b = builder.build(c, mesh)
+    state = builder.create_state(b, jax.random.key(1))
+    step = builder.make_train_step(b)
     axes = sharding.batch_axes(mesh, c.sharding.rules)
     losses = []
     for batch in batches:
@@ -84,7 +79,7 @@ SCRIPT = textwrap.dedent(r'''
   ckpt.close()
   c, mesh, b, _, _ = results['dp']
   restored, step = ckpt_lib.Checkpointer(
-      workdir, every=1, keep_last=1).restore(b['abstract'])
+      workdir, every=1, keep_last=1).restore(b.abstract)
   assert step == 2
   r_kernel = restored['params']['blocks'][0]['fc1']['kernel'][...]
   assert r_kernel.addressable_shards[0].data.shape == (32, 32)

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from visgen import builder
 from visgen import checkpoint as ckpt_lib
 from visgen import config_lib
 from visgen import optim
@@ -95,17 +96,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train.train_and_evaluate(cfg, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, every=1, keep_last=1, read_only=True)
   assert ckpt.latest_step() == 1
-  mesh = train.sharding.make_mesh(cfg.sharding.mesh)
-  state, step = ckpt.restore(train.build(cfg, mesh)['abstract'])
+  state, step = ckpt.restore(builder.build(cfg).abstract)
   assert step == 1 and int(state['step']) == 1
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(state['params']))
 
 
-def _toy_loss(params, frozen, batch, key):
+def _toy_loss(params, frozen, task_state, batch, key):
+  """A task's loss: the state counts the examples seen."""
   del frozen, key
   err = batch['x'] @ params['w'] - batch['y']
-  return jnp.mean(err ** 2), {'abs_err': jnp.abs(err)}
+  return (jnp.mean(err ** 2), {'abs_err': jnp.abs(err)},
+          {'seen': task_state['seen'] + err.shape[0]})
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -114,12 +116,14 @@ def test_gradient_accumulation_matches_one_big_batch():
   batch = {'x': jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
            'y': jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)}
   tx = optax.sgd(0.1)
-  init = state_lib.make_init(lambda _: params, tx, (0.5,))
+  init = state_lib.make_init(lambda _: params, tx, (0.5,),
+                             task_init=lambda _: {'seen': jnp.int32(0)})
   outs = []
   for accum in (1, 4):
     step = step_lib.make_train_step(_toy_loss, tx, optax.constant_schedule(
         0.1), accum_steps=accum)
-    outs.append(step(init(None), {}, batch, jax.random.key(0)))
+    outs.append(step(init(jax.random.key(0)), {}, batch,
+                     jax.random.key(0)))
   (s1, m1), (s4, m4) = outs
   np.testing.assert_allclose(s4['params']['w'], s1['params']['w'], rtol=1e-6)
   np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-6)
@@ -129,6 +133,8 @@ def test_gradient_accumulation_matches_one_big_batch():
       s1['ema']['0p5']['w'],
       0.5 * params['w'] + 0.5 * s1['params']['w'], rtol=1e-6)
   assert int(s1['step']) == 1
+  # The task state passes through every micro-batch.
+  assert int(s1['task']['seen']) == int(s4['task']['seen']) == 8
 
 
 def test_ema_warmup_and_keys():
@@ -177,8 +183,7 @@ def test_bf16_compute_fp32_params_and_logging_outputs(tmp_path):
   out = train.train_and_evaluate(cfg, workdir)
   assert out['steps'] == 2 and np.isfinite(out['final_loss'])
   ckpt = ckpt_lib.Checkpointer(workdir, every=1, keep_last=1, read_only=True)
-  mesh = train.sharding.make_mesh(cfg.sharding.mesh)
-  state, _ = ckpt.restore(train.build(cfg, mesh)['abstract'])
+  state, _ = ckpt.restore(builder.build(cfg).abstract)
   assert {x.dtype for x in jax.tree.leaves(state['params'])} == {
       np.dtype('float32')}
   # PNG grids at intervals and at the end (10 classes x 1 sample of 8x8,

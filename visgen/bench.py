@@ -12,9 +12,11 @@ timed ones), achieved FLOP/s and its share of the measured peak, sampling
 images/s, and peak RSS with page-fault and system-time counts. Prints a
 Markdown table and writes JSON (`--out`).
 
-The step is the project's own: `train.build` (model, task, optimizer, sharded
-state) and `train_step.make_train_step` (loss -> grads -> AdamW -> EMA),
-jitted with donation as `train.py` does, on a fixed synthetic batch.
+The step is the project's own: `builder.build` (model, frozen parts, task,
+optimizer, sharded state) and `builder.make_train_step` (loss -> grads ->
+AdamW -> EMA, jitted with donation as training does), on a fixed synthetic
+batch shaped by the task's `batch_spec`. Sampling is the task's own
+`sample` with the config's sampler (steps from `bench.sample_steps`).
 
 Huge pages: XLA's CPU runtime page-faults heavily on large activations; glibc
 serves them from transparent huge pages with `GLIBC_TUNABLES=
@@ -45,10 +47,10 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from visgen import bench_config
+from visgen import config_loader
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -104,51 +106,45 @@ def _compile(jitted, *args) -> tuple[Any, dict]:
                         gflop=float(cost.get('flops', float('nan'))) / 1e9)
 
 
-def synthetic_batch(config, mesh) -> dict:
-  """A fixed uint8 image batch (and labels) shaped like the task's data."""
+def synthetic_batch(b, batch_size: int) -> dict:
+  """A fixed random batch shaped like the task's data (`task.batch_spec`):
+  uint8 over 0..255 (pixels), other integers 0 or 1 (valid labels and ids
+  of any task), normal floats."""
   from visgen import sharding  # pylint: disable=g-import-not-at-top
 
-  bsz = int(config.data.batch_size)
-  shape = tuple(config.task.x_shape)
   rng = np.random.default_rng(0)
-  batch = {'image': rng.integers(0, 256, (bsz,) + shape, dtype=np.uint8)}
-  if int(config.task.get('num_classes', 0)):
-    batch['label'] = rng.integers(0, int(config.task.num_classes), (bsz,),
-                                  dtype=np.int32)
-  data = sharding.data_sharding(mesh, config.sharding.rules)
-  return jax.device_put(batch, data)
+  batch = {}
+  for key, spec in b.task.batch_spec(batch_size).items():
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind in 'iu':
+      hi = 256 if dtype == np.uint8 else 2
+      batch[key] = rng.integers(0, hi, spec.shape, dtype=dtype)
+    else:
+      batch[key] = rng.normal(size=spec.shape).astype(dtype)
+  return jax.device_put(batch, sharding.data_sharding(
+      b.mesh, b.config.sharding.rules))
 
 
 def bench_train(config, mesh) -> tuple[dict, Any, Any]:
   """Compiles and times the project's train step; returns (results, b, st)."""
-  # pylint: disable=g-import-not-at-top
-  from visgen import sharding
-  from visgen import train
-  from visgen import train_step as step_lib
-  # pylint: enable=g-import-not-at-top
+  from visgen import builder  # pylint: disable=g-import-not-at-top
 
   knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
-  b = train.build(config, mesh)
-  state = jax.jit(b['init'], out_shardings=b['shardings'])(jax.random.key(1))
+  b = builder.build(config, mesh)
+  state = builder.create_state(b, jax.random.key(1))
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  batch = synthetic_batch(config, mesh)
-  task = b['task']
-  loss_fn = lambda p, fr, bt, k: task.loss(b['apply'], p, fr, bt, k)
-  step_fn = step_lib.make_train_step(
-      loss_fn, b['tx'], b['schedule'],
-      accum_steps=config.optim.get('accum_steps', 1),
-      ema_warmup=config.get('ema_warmup', False))
-  jitted = jax.jit(step_fn, donate_argnums=(0,),
-                   out_shardings=(b['shardings'], sharding.replicated(mesh)))
+  batch = synthetic_batch(b, int(config.data.batch_size))
+  jitted = builder.make_train_step(b)
   rng = jax.random.key(2)
-  compiled, res = _compile(jitted, state, {}, batch, rng)
+  frozen = b.frozen.params
+  compiled, res = _compile(jitted, state, frozen, batch, rng)
   times, losses = [], []
   u0 = None
   for i in range(knobs['warmup_steps'] + knobs['steps']):
     if i == knobs['warmup_steps']:
       u0 = _usage()
     t0 = time.perf_counter()
-    state, metrics = compiled(state, {}, batch, rng)
+    state, metrics = compiled(state, frozen, batch, rng)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
     losses.append(float(metrics['loss']))
@@ -169,69 +165,48 @@ def bench_train(config, mesh) -> tuple[dict, Any, Any]:
   return res, b, state
 
 
-def _fallback_sampler(task, apply, params, cond, key, n, steps):
-  """Euler on the probability-flow ODE, t: 1 -> 0 (velocity models only)."""
-  if task.prediction != 'velocity':
-    raise ValueError('visgen.samplers.sample is unavailable and the fallback '
-                     'Euler sampler needs prediction="velocity".')
-  x = jax.random.normal(key, (n,) + task.x_shape)
-  dt = 1.0 / steps
-
-  def body(i, x):
-    t = jnp.full((n,), 1.0 - i * dt)
-    return x - dt * apply(params, x, t, cond)
-
-  return jax.lax.fori_loop(0, steps, body, x)
-
-
-def bench_sample(config, b, params) -> dict:
+def bench_sample(b, params) -> dict:
   """Times one network evaluation and one jitted sampling call.
 
-  XLA's cost analysis counts a loop body once, so the sampler's FLOP rate is
-  derived from the single forward pass (same batch), not from the sampler.
+  The network evaluation is the task's loss (one forward pass) on a
+  synthetic batch of the sampling batch size. XLA's cost analysis counts a
+  loop body once, so the sampler's FLOP rate is derived from that forward
+  pass, not from the sampler.
   """
-  from visgen import samplers  # pylint: disable=g-import-not-at-top
+  from visgen import builder  # pylint: disable=g-import-not-at-top
 
+  config, task = b.config, b.task
   knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
-  task = b['task']
   n = int(knobs['sample_batch'] or config.data.batch_size)
-  steps = int(knobs['sample_steps'] or config.sampler.get('steps', 50))
-  cond = {}
-  if task.num_classes:
-    cond = {'label': jnp.arange(n, dtype=jnp.int32) % task.num_classes}
+  frozen = b.frozen.params
   key = jax.random.key(3)
-  x = jax.random.normal(key, (n,) + tuple(task.x_shape))
-  if task.flatten:
-    x = x.reshape(n, -1)
-  fwd, res = _compile(jax.jit(lambda p, x, c: b['apply'](
-      p, x, jnp.full((n,), 0.5), c)), params, x, cond)
-  jax.block_until_ready(fwd(params, x, cond))
+  batch = synthetic_batch(b, n)
+  task_state = task.init_state(key)
+  fwd, res = _compile(jax.jit(lambda p, ts, bt: task.loss(
+      p, frozen, ts, bt, key)[0]), params, task_state, batch)
+  jax.block_until_ready(fwd(params, task_state, batch))
   times = []
   for _ in range(3):
     t0 = time.perf_counter()
-    jax.block_until_ready(fwd(params, x, cond))
+    jax.block_until_ready(fwd(params, task_state, batch))
     times.append(time.perf_counter() - t0)
   res = dict(forward_gflop=res['gflop'], forward_compile_s=res['compile_s'],
              forward_s=statistics.median(times))
   res['forward_gflops'] = res['forward_gflop'] / res['forward_s']
-  if hasattr(samplers, 'sample'):
-    task.sampler_cfg = dict(dict(task.sampler_cfg), steps=steps)
-    fn = lambda p, c, k: task.sample(b['apply'], p, {}, c, k, n=n,
-                                     guidance=0.0)
-    which = f'visgen.samplers {task.sampler_cfg["name"]}'
-  else:
-    fn = lambda p, c, k: _fallback_sampler(task, b['apply'], p, c, k, n,
-                                           steps)
-    which = 'bench fallback Euler (visgen.samplers.sample missing)'
-  compiled, comp = _compile(jax.jit(fn), params, cond, key)
+  cond = task.sample_cond(n)
+  sample = builder.make_sample_fn(b, n)
+  guidance = builder.guidance_scale(config)
+  compiled, comp = _compile(sample, params, frozen, cond, key, guidance)
   times = []
   for _ in range(1 + int(knobs['sample_repeats'])):
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, cond, key))
+    jax.block_until_ready(compiled(params, frozen, cond, key, guidance))
     times.append(time.perf_counter() - t0)
   t = statistics.median(times[1:])
-  res.update(sampler=which, n=n, steps=steps, compile_s=comp['compile_s'],
-             time_s=t, images_per_s=n / t,
+  res.update(sampler=f'{config.task.name} task, sampler '
+             f'{config.sampler.get("name")}', n=n,
+             steps=int(config.sampler.get('steps', 0)),
+             compile_s=comp['compile_s'], time_s=t, images_per_s=n / t,
              forward_equivalents=t / res['forward_s'])
   return res
 
@@ -246,6 +221,9 @@ def run(config, *, sample: bool = True) -> dict:
   from visgen import sharding  # pylint: disable=g-import-not-at-top
 
   knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  if knobs['sample_steps']:  # The sampler the task builds, at bench steps.
+    config = config.copy_and_resolve_references()
+    config.sampler.steps = int(knobs['sample_steps'])
   out: dict[str, Any] = dict(
       model=dict(config.model), devices=str(jax.devices()),
       jax=jax.__version__, hugepages=hugepages_enabled(),
@@ -258,7 +236,7 @@ def run(config, *, sample: bool = True) -> dict:
     # Sampling runs other modules' code (task, samplers); if it breaks, the
     # minutes of train-step measurement above are still reported.
     try:
-      out['sample'] = bench_sample(config, b, state['params'])
+      out['sample'] = bench_sample(b, state['params'])
     except Exception as e:  # pylint: disable=broad-except
       out['sample_error'] = f'{type(e).__name__}: {e}'
   # Peak again after the run: the share uses the best of both, so a busy
@@ -332,9 +310,9 @@ def define_flags() -> dict:
   """Defines the CLI flags (only when run as a program: visgen.main defines
   its own --config, and both may be imported in one test process)."""
   return dict(
-      config=config_flags.DEFINE_config_file(
-          'config', None, 'Config file (visgen/bench_config.py[:args] or '
-          'configs/X.py[:args]).', lock_config=True),
+      config=config_loader.define_flag(
+          'config', 'Config file (visgen/bench_config.py[:args] or '
+          'configs/X.py[:args]).'),
       out=flags.DEFINE_string('out', None, 'Write the results JSON here.'),
       sample=flags.DEFINE_bool('sample', True, 'Also time sampling.'),
       hugepages=flags.DEFINE_bool(

@@ -1,7 +1,12 @@
 """The train state: a plain dict pytree, created directly sharded.
 
   state = {'step': int32 scalar, 'params': nnx.State, 'opt_state': ...,
-           'ema': {'0p9999': params-shaped nnx.State, ...}}
+           'ema': {'0p9999': params-shaped nnx.State, ...},
+           'task': the task's state (`task.init_state`; {} when stateless)}
+
+`visgen.builder` derives the shardings from `jax.eval_shape(init)` and
+creates the state with `jit(init, out_shardings=...)`; the whole dict,
+task state included, is what a checkpoint holds.
 
 No RNG lives in the state: the step folds the step number into a fixed key,
 so a resumed run draws exactly the numbers an uninterrupted one would.
@@ -14,7 +19,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from visgen import sharding
 
 
 def ema_key(decay: float) -> str:
@@ -27,7 +31,9 @@ def ema_decay(key: str) -> float:
 
 
 def make_init(param_init: Callable[[jax.Array], Any], tx,
-              ema_decays: Sequence[float]) -> Callable[[jax.Array], dict]:
+              ema_decays: Sequence[float],
+              task_init: Callable[[jax.Array], Any] | None = None
+              ) -> Callable[[jax.Array], dict]:
   """init(rng) -> state; jit it with out_shardings to create it sharded."""
 
   def init(rng):
@@ -38,27 +44,11 @@ def make_init(param_init: Callable[[jax.Array], Any], tx,
         'opt_state': tx.init(params),
         'ema': {ema_key(d): jax.tree.map(jnp.copy, params)
                 for d in ema_decays},
+        'task': ({} if task_init is None else
+                 task_init(jax.random.fold_in(rng, 1))),
     }
 
   return init
-
-
-def create_sharded(init: Callable[[jax.Array], dict], rng: jax.Array,
-                   abstract_params: Any, mesh, sharding_cfg):
-  """eval_shape -> shardings from logical rules -> jit(init, out_shardings).
-
-  Returns (state, state_shardings, abstract_state); the abstract state
-  carries the shardings (for sharded checkpoint restores).
-  """
-  abstract = jax.eval_shape(init, rng)
-  p_shard = sharding.param_shardings(abstract_params, mesh, sharding_cfg)
-  shardings = sharding.tree_shardings(abstract, abstract['params'], p_shard,
-                                      mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  return state, shardings, abstract
 
 
 def ema_update(ema: dict, params: Any, step: jax.Array, *,

@@ -1,8 +1,10 @@
 """The jitted train step: loss -> grads (with accumulation) -> AdamW -> EMA.
 
 The step is pure: `step(state, frozen, batch, rng) -> (state, metrics)`.
-`state` is donated; `frozen` (autoencoder, teacher, ... parameters; an empty
-dict for now) is a separate argument that is neither optimised nor donated.
+`state` is donated; `frozen` (autoencoder, teacher, ... parameters, see
+`visgen.frozen`) is a separate argument that is neither optimised nor
+donated. The task's state (`state['task']`, e.g. the importance sampler's
+loss history) is threaded through the loss, micro-batch after micro-batch.
 The RNG is folded with the step number, so no RNG lives in the state.
 """
 
@@ -15,7 +17,10 @@ import optax
 
 from visgen import state as state_lib
 
-LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict]]
+# (params, frozen, task_state, batch, rng) -> (loss, aux, new task state):
+# `tasks.base.Task.loss`.
+LossFn = Callable[[Any, Any, Any, Any, jax.Array],
+                  tuple[jax.Array, dict, Any]]
 
 
 def _mean_metrics(aux: dict) -> dict:
@@ -24,13 +29,19 @@ def _mean_metrics(aux: dict) -> dict:
           if hasattr(v, 'dtype') and jnp.issubdtype(v.dtype, jnp.number)}
 
 
-def _grads(loss_fn: LossFn, params, frozen, batch, rng, accum_steps: int):
-  """(loss, aux, grads), averaged over `accum_steps` micro-batches."""
-  grad_fn = jax.value_and_grad(
-      lambda p, b, k: _scalar_aux(*loss_fn(p, frozen, b, k)), has_aux=True)
+def _grads(loss_fn: LossFn, params, frozen, task_state, batch, rng,
+           accum_steps: int):
+  """(loss, aux, grads, task state), averaged over `accum_steps`
+  micro-batches; the task state passes through them in order."""
+
+  def scalar_loss(p, ts, b, k):
+    loss, aux, new_ts = loss_fn(p, frozen, ts, b, k)
+    return loss, (_mean_metrics(aux), new_ts)
+
+  grad_fn = jax.value_and_grad(scalar_loss, has_aux=True)
   if accum_steps == 1:
-    (loss, aux), grads = grad_fn(params, batch, rng)
-    return loss, aux, grads
+    (loss, (aux, task_state)), grads = grad_fn(params, task_state, batch, rng)
+    return loss, aux, grads, task_state
 
   def split(x):
     if x.shape[0] % accum_steps:
@@ -41,20 +52,20 @@ def _grads(loss_fn: LossFn, params, frozen, batch, rng, accum_steps: int):
   micro = jax.tree.map(split, batch)
 
   def body(carry, inputs):
+    total, ts = carry
     i, b = inputs
-    out = grad_fn(params, b, jax.random.fold_in(rng, i))
-    return jax.tree.map(jnp.add, carry, out), None
+    (loss, (aux, ts)), grads = grad_fn(params, ts, b,
+                                       jax.random.fold_in(rng, i))
+    total = jax.tree.map(jnp.add, total, (loss, aux, grads))
+    return (total, ts), None
 
   b0 = jax.tree.map(lambda x: x[0], micro)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(grad_fn, params, b0, rng))
-  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
-  (loss, aux), grads = jax.tree.map(lambda x: x / accum_steps, total)
-  return loss, aux, grads
-
-
-def _scalar_aux(loss, aux):
-  return loss, _mean_metrics(aux)
+  (l0, (a0, _)), g0 = jax.eval_shape(grad_fn, params, task_state, b0, rng)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
+  (total, task_state), _ = jax.lax.scan(
+      body, (zeros, task_state), (jnp.arange(accum_steps), micro))
+  loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, total)
+  return loss, aux, grads, task_state
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -63,7 +74,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   """Returns the (unjitted) step; `train.py` jits it with shardings.
 
   Args:
-    loss_fn: (params, frozen, batch, rng) -> (scalar loss, aux dict).
+    loss_fn: (params, frozen, task_state, batch, rng) -> (scalar loss, aux
+      dict, new task state), e.g. a task's `loss`.
     tx: the optax transformation (its state lives in state['opt_state']).
     schedule: lr schedule, reported as a metric.
     accum_steps: micro-batches per update (batch split along axis 0).
@@ -72,14 +84,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
 
   def step(state, frozen, batch, rng):
     rng = jax.random.fold_in(rng, state['step'])
-    loss, aux, grads = _grads(loss_fn, state['params'], frozen, batch, rng,
-                              accum_steps)
+    loss, aux, grads, task_state = _grads(
+        loss_fn, state['params'], frozen, state.get('task', {}), batch, rng,
+        accum_steps)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     ema = state_lib.ema_update(state['ema'], params, state['step'],
                                warmup=ema_warmup)
     new_state = dict(step=state['step'] + 1, params=params,
-                     opt_state=opt_state, ema=ema)
+                     opt_state=opt_state, ema=ema, task=task_state)
     metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params),
                    update_norm=optax.global_norm(updates),

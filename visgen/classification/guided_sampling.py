@@ -14,46 +14,45 @@ classifier-free guidance alone `python -m visgen.main --mode=sample
 --config.sampler.cfg_scale=S` does the same without a classifier.
 
 `GuidedSampler` compiles one sampling function for all guidance kinds and
-scales (scales are traced), so a sweep over scales compiles once. Classifier
+scales (scales are traced), so a sweep over scales compiles once. It is the
+generator task's own `sample` with the classifier task's `guide`: classifier
 guidance takes ADM's mean-shift form with the 'ddpm' (ancestral) sampler and
-the score form with every other sampler.
+the score form with every other sampler. Runs are built and restored by
+`visgen.builder`; configs are read by `visgen.config_loader`.
 """
 
 import argparse
 import dataclasses
+import math
 import os
 from typing import Any
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from visgen import config_lib
-from visgen import logging_lib
-from visgen import sample as sample_lib
-from visgen import samplers
+from visgen import builder
+from visgen import config_loader
+from visgen import media as media_lib
 from visgen import train as train_lib
-from visgen.classification import noisy_classifier
-from visgen.data import preprocess
-from visgen.samplers import guidance
-from visgen.tasks import generation
+from visgen.tasks import base as tasks_base
+from visgen import validate
 
 GUIDANCE_KINDS = ('none', 'cfg', 'classifier')
 
 
 @dataclasses.dataclass
 class Trained:
-  """A restored run: its config, `train.build` dict, EMA params and step."""
+  """A restored run: its config, built parts, EMA params and step."""
 
   config: Any
-  build: dict
+  build: builder.Built
   params: Any
   step: int
 
   @property
   def task(self):
-    return self.build['task']
+    return self.build.task
 
 
 def load_trained(config, workdir: str, *, train_if_needed: bool = False
@@ -67,12 +66,12 @@ def load_trained(config, workdir: str, *, train_if_needed: bool = False
     if not steps or max(steps) < config.total_steps:
       train_lib.train_and_evaluate(config, workdir)
   # EMA params of the latest checkpoint, fingerprint checked.
-  _, b, params, step = sample_lib.restore_params(config, workdir)
-  return Trained(config, b, params, int(step))
+  b, state, step = builder.restore(config, workdir)
+  return Trained(config, b, builder.first_ema(state), int(step))
 
 
 class GuidedSampler:
-  """jit(labels, key, cfg_scale, classifier_scale) -> uint8 class samples."""
+  """jit(cond, key, cfg_scale, classifier_scale, ...) -> class samples."""
 
   def __init__(self, generator: Trained, classifier: Trained | None = None,
                *, batch: int, sampler: dict | None = None,
@@ -87,48 +86,19 @@ class GuidedSampler:
       cfg_channels: DiT's partial CFG on the first channels (reproductions
         only; see `visgen.samplers.guidance`).
     """
-    task = generator.task
-    if not task.num_classes:
-      raise ValueError('Guided sampling needs a class-conditional generator '
-                       '(task.num_classes > 0, trained with label_dropout).')
-    if classifier is not None and classifier.task.path != task.path:
-      raise ValueError(
-          f'The classifier was trained on path {classifier.task.path} but '
-          f'the generator on {task.path}: a noise-aware classifier must see '
-          'the x_t of the generator\'s own path. Retrain it with '
-          '--config.path matching the generator.')
     self.generator, self.classifier, self.batch = generator, classifier, batch
-    name, kw = config_lib.named(sampler or generator.config.sampler)
-    for key in generation.CFG_KEYS:  # Guidance options, not sampler arguments.
-      kw.pop(key, None)
-    steps = kw.pop('steps')
-    grid = kw.pop('grid', 'uniform')
-    shape = ((batch, int(np.prod(task.x_shape))) if task.flatten
-             else (batch,) + task.x_shape)
-    gen_apply = generator.build['apply']
-    cls_apply = classifier.build['apply'] if classifier else None
+    task = generator.task
+    cls_task = classifier.task if classifier else None
+    frozen = generator.build.frozen.params
 
-    def draw(gen_params, cls_params, labels, key, cfg_scale, cls_scale,
+    def draw(gen_params, cls_params, cond, key, cfg_scale, cls_scale,
              rescale, interval):
-      den = lambda x, t, c: gen_apply(gen_params, x, t, c)
-      den = guidance.cfg(den, scale=cfg_scale, null_class=task.num_classes,
-                         rescale=rescale, interval=interval,
-                         channels=cfg_channels)
-      run_kw = dict(kw)
-      if cls_apply is not None:
-        logp = noisy_classifier.log_prob_fn(cls_apply, cls_params)
-        if name == 'ddpm':  # ancestral: ADM's mean-shift form
-          run_kw['mean_shift'] = guidance.classifier_mean_shift(
-              logp, scale=cls_scale, interval=interval)
-        else:  # ODE / SDE / DDIM: the score form
-          den = guidance.classifier_guidance(
-              den, logp, scale=cls_scale, path=task.path,
-              prediction=task.prediction, interval=interval)
-      ts = samplers.make_grid(grid, steps, path=task.path)
-      x = samplers.sample(name, den, key=key, shape=shape,
-                          cond={'label': labels}, path=task.path,
-                          prediction=task.prediction, ts=ts, **run_kw)
-      return task.from_x(x)
+      guide = cls_task.guide(cls_params) if cls_task else None
+      return task.sample(
+          gen_params, frozen, cond, key, n=batch, guidance=cfg_scale,
+          sampler=sampler, cfg=dict(rescale=rescale, interval=interval,
+                                    channels=cfg_channels),
+          classifier=guide, classifier_scale=cls_scale)
 
     self._draw = jax.jit(draw)
 
@@ -144,37 +114,42 @@ class GuidedSampler:
       return 1.0, 0.0
     return (scale, 0.0) if kind == 'cfg' else (1.0, scale)
 
-  def __call__(self, labels: np.ndarray, key, *, kind: str,
-               scale: float = 1.0, rescale: float = 0.0,
-               interval: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """uint8 images for `labels` (any length; batches of `self.batch`).
+  def __call__(self, spec, key, *, kind: str, scale: float = 1.0,
+               rescale: float = 0.0,
+               interval: tuple[float, float] = (0.0, 1.0)
+               ) -> media_lib.Media:
+    """Media of samples for the conditions `task.sample_cond(spec)` (n, or
+    {'per_class': m}), drawn in batches of `self.batch`.
 
     `rescale` (CFG guidance rescale phi) and `interval` (the t range where
     guidance applies) are traced like the scales: no recompiles.
     """
     cfg_s, cls_s = self.scales(kind, scale)
+    task = self.generator.task
     cls_params = self.classifier.params if self.classifier else None
+    cond = task.sample_cond(spec)
+    if not cond:
+      raise ValueError('Guided sampling needs a class-conditional generator '
+                       '(task.num_classes > 0, trained with label_dropout).')
+    num = len(jax.tree.leaves(cond)[0])
     out = []
-    for i in range(0, len(labels), self.batch):
-      chunk = np.asarray(labels[i:i + self.batch], np.int32)
-      padded = np.pad(chunk, (0, self.batch - len(chunk)))
-      x = self._draw(self.generator.params, cls_params, padded,
+    for i in range(0, num, self.batch):
+      k = min(self.batch, num - i)
+      part = tasks_base.cond_slice(cond, i, k, self.batch)
+      x = self._draw(self.generator.params, cls_params, part,
                      jax.random.fold_in(key, i), jnp.float32(cfg_s),
                      jnp.float32(cls_s), jnp.float32(rescale),
                      tuple(jnp.float32(v) for v in interval))
-      out.append(np.asarray(preprocess.to_uint8(x))[:len(chunk)])
-    return np.concatenate(out)
+      out.append(task.to_media(x, part).select(slice(0, k)))
+    return media_lib.concat(out)
 
   def write_grid(self, path: str, key, *, kind: str, scale: float = 1.0,
                  per_class: int = 10, **options) -> str:
     """A PNG with one row per class, `per_class` samples each."""
-    k = self.generator.task.num_classes
-    labels = np.repeat(np.arange(k, dtype=np.int32), per_class)
-    images = self(labels, key, kind=kind, scale=scale, **options)
-    grid = logging_lib.image_grid(images, k)
+    m = self(dict(per_class=per_class), key, kind=kind, scale=scale,
+             **options)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    logging_lib.save_png(path, grid, upscale=4)
-    return path
+    return media_lib.write_png(path, media_lib.preview(m, per_row=per_class))
 
 
 def sampler_override(sampler_cfg, name: str | None = None,
@@ -187,17 +162,6 @@ def sampler_override(sampler_cfg, name: str | None = None,
   if steps:
     out['steps'] = steps
   return out
-
-
-def load_config(spec: str):
-  """configs/X.py[:arg] -> its ConfigDict (as --config would build it)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  file, _, arg = spec.partition(':')
-  mod_spec = importlib.util.spec_from_file_location('visgen_cfg', file)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def main(argv=None):
@@ -231,16 +195,47 @@ def main(argv=None):
                       "mean-shift form); default: the generator config's.")
   parser.add_argument('--steps', type=int, default=None,
                       help='Sampler steps (default: the config\'s).')
+  parser.add_argument('--verbose', action='store_true',
+                      help='Show the traceback of errors.')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)  # the loop's progress lines
-  gen = load_trained(load_config(args.generator_config), args.generator)
-  cls = (load_trained(load_config(args.classifier_config), args.classifier)
-         if args.classifier else None)
+  # Workdirs may be relative or start with ~: absolute once, here; bad
+  # input is one line (exit 2) before any work.
+  status = validate.run_cli(lambda: _run(args), verbose=args.verbose)
+  if status:
+    raise SystemExit(status)
+
+
+def _run(args):
+  """main's work, with absolute paths and validated configs."""
+  args.generator = validate.resolve_workdir(args.generator, create=False,
+                                            flag='--generator')
+  if args.classifier:
+    args.classifier = validate.resolve_workdir(
+        args.classifier, create=False, flag='--classifier')
+  args.out = validate.check_output_file(args.out, flag='--out')
+  for flag in ('scale', 'rescale'):
+    v = getattr(args, flag)
+    validate.check_arg(f'--{flag}', v, math.isfinite(v), 'a finite number')
+  lo, hi = args.interval
+  validate.check_arg('--interval', (lo, hi), 0 <= lo <= hi <= 1,
+                     'T_LO T_HI with 0 <= T_LO <= T_HI <= 1')
+  validate.check_arg('--per_class', args.per_class, args.per_class >= 1,
+                     'an integer >= 1')
+  gen_config = config_loader.load(args.generator_config)
+  validate.check_config(gen_config, mode='sample')
+  gen = load_trained(gen_config, args.generator)
+  cls = None
+  if args.classifier:
+    cls_config = config_loader.load(args.classifier_config)
+    validate.check_config(cls_config, mode='sample')
+    cls = load_trained(cls_config, args.classifier)
   sampler_cfg = sampler_override(gen.config.sampler, args.sampler,
                                  args.steps)
-  sampler = GuidedSampler(gen, cls, batch=gen.task.num_classes *
-                          args.per_class, sampler=sampler_cfg,
-                          cfg_channels=args.cfg_channels)
+  grid_cond = gen.task.sample_cond(dict(per_class=args.per_class))
+  sampler = GuidedSampler(
+      gen, cls, batch=max(len(a) for a in jax.tree.leaves(grid_cond) or [1]),
+      sampler=sampler_cfg, cfg_channels=args.cfg_channels)
   out = args.out or os.path.join(
       args.generator, f'grid_{args.guidance}_{args.scale:g}.png')
   sampler.write_grid(out, jax.random.key(args.seed), kind=args.guidance,

@@ -7,17 +7,20 @@
 Every model takes `(x_t, t, cond)` with t in [0, 1] of shape (B,) and `cond`
 a dict; `model.cond_keys` names the entries it consumes. Class tables have
 num_classes + 1 rows, the last being the classifier-free null class.
+
+A new model: a module here, one line in `MODELS` below (importing
+visgen.models gives every model; nothing registers from elsewhere).
 """
 
 import inspect
 
 from flax import nnx
 
+from visgen.models.classifier import NoisyClassifier
 from visgen.models.dit import DiT
 from visgen.models.functional import logical_axes
 from visgen.models.functional import logical_to_spec
 from visgen.models.functional import make_apply
-from visgen.models.functional import param_shardings
 from visgen.models.functional import split_model
 from visgen.models.mlp import MLPDenoiser
 from visgen.models.unet import UNet
@@ -27,6 +30,7 @@ MODELS = Registry('model')
 MODELS.register('mlp')(MLPDenoiser)
 MODELS.register('dit')(DiT)
 MODELS.register('unet')(UNet)
+MODELS.register('noisy_classifier')(NoisyClassifier)
 
 
 def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
@@ -42,6 +46,6 @@ def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
 
 
 __all__ = [
-    'DiT', 'MLPDenoiser', 'UNet', 'MODELS', 'get_model', 'split_model',
-    'make_apply', 'logical_axes', 'logical_to_spec', 'param_shardings',
+    'DiT', 'MLPDenoiser', 'NoisyClassifier', 'UNet', 'MODELS', 'get_model',
+    'split_model', 'make_apply', 'logical_axes', 'logical_to_spec',
 ]

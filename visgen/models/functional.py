@@ -7,7 +7,8 @@
 `params` is an `nnx.State` of `nnx.Param` variables (a pytree optax can act
 on). Each parameter carries logical axis names ('embed', 'mlp', 'heads',
 'qkv', 'conv_in', 'conv_out', 'vocab' or None for replicated); the training
-loop maps them to mesh axes with `param_shardings` and config rules.
+loop maps them to mesh axes with `visgen.sharding.param_shardings` and
+config rules.
 """
 
 from typing import Any
@@ -55,7 +56,7 @@ def logical_axes(params: nnx.State) -> nnx.State:
   Same structure as `params`, with each `nnx.Param` value replaced by its
   axis-name tuple; tuples are pytree nodes, so map over both trees with
   `jax.tree.map(f, axes, params, is_leaf=lambda x: isinstance(x, tuple))`
-  or use `param_shardings`.
+  or use `visgen.sharding.param_shardings`.
   """
   return jax.tree.map(lambda v: v.get_metadata().get('out_sharding'), params,
                       is_leaf=_is_var)
@@ -80,17 +81,3 @@ def logical_to_spec(
       used |= set(flat)
       spec.append(mesh_axes)
   return jax.sharding.PartitionSpec(*spec)
-
-
-def param_shardings(params: nnx.State, mesh: jax.sharding.Mesh,
-                    rules: Sequence[tuple[str, Any]]) -> nnx.State:
-  """NamedShardings for `params` (same pytree structure) from logical rules.
-
-  Example rules: [('embed', 'fsdp'), ('mlp', None)] for FSDP over 'fsdp'.
-  """
-
-  def one(v):
-    spec = logical_to_spec(v.get_metadata().get('out_sharding'), rules)
-    return v.replace(jax.sharding.NamedSharding(mesh, spec))
-
-  return jax.tree.map(one, params, is_leaf=_is_var)

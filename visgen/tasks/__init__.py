@@ -1,35 +1,33 @@
 """Task plugins: what a batch means, which loss it trains, how to sample.
 
-A task turns a batch into `(x0, cond)`, calls the design-space loss and the
-samplers, and names what to show; the training loop never looks inside.
-New tasks register here (`TASKS.register('name')`) and are chosen by
-`config.task.name`.
+Every task implements the contract `visgen.tasks.base.Task` (batch keys and
+spec, init_state, loss, sample, sample_cond, eval_cond, to_media) and is
+listed in `TASKS` below, chosen by `config.task.name`. `visgen.builder`
+builds it with the network's apply function and the frozen components'
+apply functions bound:
 
-Interface (see `generation.GenerationTask`):
-  task = get_task(config)
-  task.loss(apply, params, frozen, batch, key) -> (scalar, aux)
-  task.sample(apply, params, frozen, cond, key, guidance) -> x in [-1, 1]
-  task.sample_cond(n) -> cond dict for a grid (one row per class)
-  task.x_shape -> per-example data shape
-  task.batch_keys -> (optional) batch entries sent to the devices; default:
-    every numeric entry
+  task = get_task(config, apply=apply, frozen_apply=frozen.apply)
+
+A new task: a module here with its class, one line in `TASKS`, a test of its
+contract (tests/test_tasks.py).
 """
 
 from visgen.registry import Registry
+from visgen.tasks import generation
+from visgen.tasks import noisy_classifier
+from visgen.tasks.base import Task
+from visgen.tasks.base import check_task
 
 TASKS = Registry('task')
-
-# Built-in tasks register themselves on import.
-# pylint: disable=wrong-import-position
-from visgen.tasks import generation  # noqa: E402
-from visgen.tasks import noisy_classifier  # noqa: E402
-
-# pylint: enable=wrong-import-position
+TASKS.register('generation')(generation.GenerationTask)
+TASKS.register('noisy_classifier')(noisy_classifier.NoisyClassifierTask)
 
 
-def get_task(config):
+def get_task(config, *, apply=None, frozen_apply=None) -> Task:
   """Builds the task named by `config.task.name` from the whole config."""
-  return TASKS.get(config.task.name)(config)
+  task = TASKS.get(config.task.name)(config, apply=apply,
+                                     frozen_apply=frozen_apply)
+  return check_task(task)
 
 
-__all__ = ['TASKS', 'get_task', 'generation', 'noisy_classifier']
+__all__ = ['TASKS', 'Task', 'get_task', 'generation', 'noisy_classifier']

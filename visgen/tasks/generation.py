@@ -18,13 +18,18 @@ import numpy as np
 
 from visgen import config_lib
 from visgen import interpolants
+from visgen import media as media_lib
 from visgen import samplers
 from visgen.data import preprocess
+from visgen.evaluators import bits_per_dim as bpd_lib
+from visgen.objectives import learned_variance as lv_lib
 from visgen.objectives import loss as loss_lib
+from visgen.objectives import precond as precond_lib
 from visgen.objectives import time_dists
 from visgen.objectives import weightings
 from visgen.samplers import guidance as guidance_lib
-from visgen.tasks import TASKS
+from visgen.samplers import likelihood
+from visgen.tasks import base
 
 # Sampler-config keys that configure guidance, not the sampler: `cfg_scale`
 # (read by the loop and passed as `guidance`), `cfg_rescale`, `cfg_interval`,
@@ -52,11 +57,16 @@ def drop_labels(key: jax.Array, labels_B: jax.Array, *, p: float,
   return jnp.where(drop_B, null_class, labels_B)
 
 
-@TASKS.register('generation')
 class GenerationTask:
-  """x0 from images or latents; optional class labels with CFG dropout."""
+  """x0 from images or latents; optional class labels with CFG dropout.
 
-  def __init__(self, config):
+  `apply` is the network (`visgen.models.make_apply`); `frozen_apply` the
+  frozen components' apply functions by name (none used yet).
+  """
+
+  def __init__(self, config, *, apply=None, frozen_apply=None):
+    self.apply = apply
+    self.frozen_apply = dict(frozen_apply or {})
     t = config.task
     self.num_classes = int(t.get('num_classes', 0))
     self.label_dropout = float(t.get('label_dropout', 0.0))
@@ -72,6 +82,14 @@ class GenerationTask:
     name, kw = config_lib.named(config.time_dist)
     self.time_dist = time_dists.get_time_dist(name, **kw)
     self.sampler_cfg = config.sampler
+    # Input preconditioning (EDM's c_in / c_noise), shared by the loss and
+    # the samplers through `network` (None: 'edm' for prediction 'edm').
+    self.precond = precond_lib.resolve_mode(
+        config.get('precond'), prediction=self.prediction, path=self.path)
+    # iDDPM's learned variance (L_hybrid; a learn_sigma model's 2C outputs),
+    # e.g. config.learned_variance = dict(lambda_vlb=0.001); None: off.
+    self.learned_variance = lv_lib.from_config(
+        config.get('learned_variance'))
     # The batch entries this task reads (others stay on the host).
     self.batch_keys = (self.data_key,) + (
         ('label',) if self.num_classes else ())
@@ -98,37 +116,85 @@ class GenerationTask:
                            null_class=self.num_classes)
     return {'label': labels}
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    dtype = jnp.uint8 if self.data_key == 'image' else jnp.float32
+    spec = {self.data_key: jax.ShapeDtypeStruct(
+        (batch_size,) + self.x_shape, dtype)}
+    if self.num_classes:
+      spec['label'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return spec
+
+  # -- The network as the loss and the samplers see it ----------------------
+
+  def network(self, params, **apply_kw):
+    """`(x_t, t, cond) -> prediction` with the input preconditioning; the
+    loss and every sampler call the network through this one function."""
+    if self.apply is None:
+      raise ValueError('This task was built without a network; build it '
+                       'with visgen.builder.build (or pass apply=).')
+    fn = lambda x_t, t, cond: self.apply(params, x_t, t, cond, **apply_kw)
+    return precond_lib.precondition(fn, path=self.path, mode=self.precond)
+
   # -- Training -------------------------------------------------------------
 
-  def loss(self, apply, params, frozen, batch, key):
+  def init_state(self, key: jax.Array) -> dict:
+    """The importance sampler's loss history ({} for other p(t))."""
+    del key
+    if self.time_dist.stateful:
+      return {'time_dist': self.time_dist.init_state()}
+    return {}
+
+  def loss(self, params, frozen, task_state, batch, key):
     del frozen  # No frozen parts (autoencoder, teacher) in this task yet.
     k_drop, k_loss, k_model = jax.random.split(key, 3)
     x0 = self.to_x0(batch)
-
-    def apply_fn(x_t, t, cond):
-      return apply(params, x_t, t, cond, rngs=k_model, train=True)
+    apply_fn = self.network(params, rngs=k_model, train=True)
+    time_state = (task_state or {}).get('time_dist')
+    if self.time_dist.stateful and time_state is None:
+      raise ValueError('The time distribution keeps state, but the task '
+                       'state has none; create the train state with '
+                       'task.init_state (visgen.builder does).')
 
     loss, aux = loss_lib.unified_loss(
         apply_fn, x0=x0, cond=self.cond(batch, k_drop), key=k_loss,
         path=self.path, prediction=self.prediction, weighting=self.weighting,
-        time_dist=self.time_dist)
-    return loss, {'mse': aux['mse']}
+        time_dist=self.time_dist, time_state=time_state,
+        learned_variance=self.learned_variance)
+    metrics = {k: aux[k] for k in ('mse', 'vlb') if k in aux}
+    return loss, metrics, self.update_state(task_state, aux)
+
+  def update_state(self, task_state, aux: dict):
+    """Pushes each example's loss at its sampled t into the importance
+    sampler's history (ADM: the loss before the 1 / (T p) correction)."""
+    if not self.time_dist.stateful:
+      return task_state
+    hist = self.time_dist.update(task_state['time_dist'], aux['t'],
+                                 jax.lax.stop_gradient(aux['uncorrected']))
+    return dict(task_state, time_dist=hist)
 
   # -- Sampling -------------------------------------------------------------
 
-  def sample_cond(self, n: int) -> dict[str, np.ndarray]:
-    """Labels 0..K-1, each repeated n // K times (one grid row per class)."""
+  def sample_cond(self, spec) -> dict[str, np.ndarray]:
+    """Conditioning of a grid or an evaluation batch.
+
+    `spec` is n (labels cycling through the classes: class-balanced) or
+    {'per_class': m} (m of each class, in class order).
+    """
     if not self.num_classes:
       return {}
-    per = max(n // self.num_classes, 1)
-    return {'label': np.repeat(np.arange(self.num_classes, dtype=np.int32),
-                               per)}
+    if isinstance(spec, dict):
+      return {'label': np.repeat(np.arange(self.num_classes, dtype=np.int32),
+                                 int(spec['per_class']))}
+    return {'label': base.class_labels(int(spec), self.num_classes)}
 
-  def grid_rows(self, n: int) -> int:
-    return self.num_classes if self.num_classes else int(np.sqrt(n))
+  def eval_cond(self, batch: dict) -> dict:
+    """A held-out batch's labels (no dropout)."""
+    return self.cond(batch, None)
 
-  def sample(self, apply, params, frozen, cond: dict, key: jax.Array, *,
-             n: int, guidance: Any = 1.0) -> jax.Array:
+  def sample(self, params, frozen, cond: dict, key: jax.Array, *, n: int,
+             guidance: Any = 1.0, sampler: dict | None = None,
+             cfg: dict | None = None, classifier: Any = None,
+             classifier_scale: Any = 0.0) -> jax.Array:
     """n samples in data space; `guidance` (CFG scale) may be traced.
 
     Classifier-free guidance (`samplers.guidance.cfg`) with the null class
@@ -136,25 +202,102 @@ class GenerationTask:
     conditional model (DiT's convention). The sampler config's optional
     `cfg_rescale` (phi, default 0: off), `cfg_interval` ((t_lo, t_hi),
     default None: every t) and `cfg_channels` (DiT's partial guidance,
-    default None or 0: every channel) configure it.
+    default None or 0: every channel) configure it; `cfg` (keys rescale,
+    interval, channels; values may be traced) overrides them.
+
+    Args:
+      params, frozen, cond, key, n, guidance: see `tasks.base.Task`.
+      sampler: a sampler config replacing the task's (name, steps, ...).
+      cfg: CFG options overriding the sampler config's.
+      classifier: a noise-aware classifier's guide
+        (`NoisyClassifierTask.guide`): its gradient, scaled by
+        `classifier_scale`, guides the CFG denoiser (ADM-G; the mean-shift
+        form with the ancestral 'ddpm' sampler, the score form otherwise).
+      classifier_scale: the classifier guidance scale (may be traced).
     """
     del frozen
-    name, kw = config_lib.named(self.sampler_cfg)
+    name, kw = config_lib.named(sampler or self.sampler_cfg)
     opts = {k: kw.pop(k) for k in CFG_KEYS if k in kw}
-    denoise = lambda x_t, t, c: apply(params, x_t, t, c)
+    opts = dict(rescale=opts.get('cfg_rescale', 0.0),
+                interval=opts.get('cfg_interval'),
+                channels=opts.get('cfg_channels') or None)
+    opts.update(cfg or {})
+    denoise = self.network(params)
+    if self.learned_variance is not None:
+      # Ancestral sampling uses the learned variance unless told otherwise;
+      # CFG then guides the mean channels only (v from the conditional
+      # half); other samplers see the mean channels alone.
+      if name == 'ddpm':
+        kw.setdefault('variance', 'learned')
+      channels = (int(np.prod(self.x_shape)) if self.flatten
+                  else self.x_shape[-1])
+      if kw.get('variance') == 'learned':
+        opts['channels'] = opts['channels'] or channels
+      else:
+        full = denoise
+        denoise = lambda x_t, t, c: full(x_t, t, c)[..., :channels]
     if self.num_classes:
-      interval = opts.get('cfg_interval')
+      interval = opts['interval']
       denoise = guidance_lib.cfg(
           denoise, scale=guidance, null_class=self.num_classes,
-          rescale=opts.get('cfg_rescale', 0.0),
+          rescale=opts['rescale'],
           interval=None if interval is None else tuple(interval),
-          channels=opts.get('cfg_channels') or None)
+          channels=opts['channels'])
+    if classifier is not None:
+      if not self.num_classes:
+        raise ValueError('Classifier guidance needs a class-conditional '
+                         'generator (task.num_classes > 0).')
+      if classifier.path != self.path:
+        raise ValueError(
+            f'The classifier was trained on path {classifier.path} but the '
+            f'generator on {self.path}: a noise-aware classifier must see '
+            "the x_t of the generator's own path. Retrain it with "
+            '--config.path matching the generator.')
+      interval = opts['interval']
+      interval = None if interval is None else tuple(interval)
+      if name == 'ddpm':  # ancestral: ADM's mean-shift form
+        kw['mean_shift'] = guidance_lib.classifier_mean_shift(
+            classifier.log_prob, scale=classifier_scale, interval=interval)
+      else:  # ODE / SDE / DDIM: the score form
+        denoise = guidance_lib.classifier_guidance(
+            denoise, classifier.log_prob, scale=classifier_scale,
+            path=self.path, prediction=self.prediction, interval=interval)
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
     steps = kw.pop('steps')
-    ts = samplers.make_grid(kw.pop('grid', 'uniform'), steps, path=self.path)
+    ts = samplers.make_grid(kw.pop('grid', 'auto'), steps, path=self.path,
+                            sampler=name)
     x = samplers.sample(name, denoise, key=key, shape=shape, cond=cond,
                         path=self.path, prediction=self.prediction, ts=ts,
                         **kw)
     return self.from_x(x)
+
+  def to_media(self, samples, cond: dict) -> media_lib.Media:
+    """uint8 images (latents: their first channels), one row per class."""
+    return base.array_media(samples, cond, x_shape=self.x_shape,
+                            num_classes=self.num_classes)
+
+  # -- Evaluation hooks -----------------------------------------------------
+
+  def bits_per_dim(self, params, frozen, batch: dict, key: jax.Array, *,
+                   num_steps: int = 50,
+                   divergence: str = 'hutchinson') -> jax.Array:
+    """Bits/dim (B,) of a held-out uint8 image batch under the
+    probability-flow ODE (unconditional: the null class), an upper bound
+    through uniform dequantisation (`evaluators.bits_per_dim`)."""
+    del frozen
+    images = batch[self.data_key]
+    if self.data_key != 'image' or images.dtype != jnp.uint8:
+      raise ValueError('bits_per_dim needs uint8 image batches; this task '
+                       f'trains on {self.data_key!r} ({images.dtype}).')
+    k_deq, k_nll = jax.random.split(key)
+    y = bpd_lib.dequantize(images, k_deq)
+    x = y.reshape(y.shape[0], -1) if self.flatten else y
+    cond = ({'label': jnp.full((x.shape[0],), self.num_classes, jnp.int32)}
+            if self.num_classes else {})
+    logp, _ = likelihood.ode_log_likelihood(
+        self.network(params), x, path=self.path, prediction=self.prediction,
+        cond=cond, divergence=divergence, key=k_nll, num_steps=num_steps)
+    return bpd_lib.nats_to_bits_per_dim(
+        nll_nats=-logp, num_dims=int(np.prod(images.shape[1:])))
 

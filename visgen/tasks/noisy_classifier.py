@@ -12,12 +12,16 @@ experiment).
   python -m visgen.main --config=configs/digits_noisy_classifier.py \
       --workdir=/tmp/nc
 
-The model is `visgen.classification.noisy_classifier.NoisyClassifier`
+The model is `visgen.models.classifier.NoisyClassifier`
 (config.model.name = 'noisy_classifier'). Its sample grid shows what the
 classifier's gradient alone draws from an N(0, I) data model (the loop's
 guidance value is the classifier scale); to generate, guide a diffusion model
-with it (`visgen.samplers.guidance.classifier_guidance`).
+with it: `GenerationTask.sample(..., classifier=task.guide(params))`.
 """
+
+import dataclasses
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,21 +30,33 @@ import optax
 
 from visgen import config_lib
 from visgen import interpolants
+from visgen import media as media_lib
 from visgen import samplers
-from visgen.classification import noisy_classifier  # registers the model
-from visgen.interpolants import base
+from visgen.classification import noisy_classifier
+from visgen.interpolants import base as path_base
 from visgen.objectives import predictions
 from visgen.objectives import time_dists
 from visgen.samplers import guidance as guidance_lib
-from visgen.tasks import TASKS
+from visgen.tasks import base
 from visgen.tasks import generation
 
 
-@TASKS.register('noisy_classifier')
+@dataclasses.dataclass(frozen=True)
+class ClassifierGuide:
+  """What a generator needs to be guided by this classifier: the
+  log-probability `(x_t, t, cond) -> log p(cond['label'] | x_t, t)` and the
+  path its x_t come from (which must be the generator's)."""
+
+  log_prob: Callable[..., jax.Array]
+  path: Any
+
+
 class NoisyClassifierTask:
   """Cross-entropy of p_phi(y | x_t, t) on x_t of the config's path."""
 
-  def __init__(self, config):
+  def __init__(self, config, *, apply=None, frozen_apply=None):
+    self.apply = apply
+    self.frozen_apply = dict(frozen_apply or {})
     t = config.task
     self.num_classes = int(t.num_classes)
     if self.num_classes < 2:
@@ -64,6 +80,16 @@ class NoisyClassifierTask:
                        'steps, which this task does not carry; use a '
                        'stateless one (uniform, logit_normal, ...).')
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    dtype = jnp.uint8 if self.data_key == 'image' else jnp.float32
+    return {self.data_key: jax.ShapeDtypeStruct(
+        (batch_size,) + self.x_shape, dtype),
+            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+  def init_state(self, key: jax.Array) -> dict:
+    del key
+    return {}
+
   def to_x0(self, batch: dict) -> jax.Array:
     return generation.batch_to_x0(batch, data_key=self.data_key,
                                   latent_scale=self.latent_scale,
@@ -79,31 +105,46 @@ class NoisyClassifierTask:
     eps = jax.random.normal(k_e, x0.shape, x0.dtype)
     return self.path.sample_xt(x0=x0, eps=eps, t=t), t
 
-  def loss(self, apply, params, frozen, batch, key):
+  def loss(self, params, frozen, task_state, batch, key):
     del frozen
     k_noise, k_model = jax.random.split(key)
     x0 = self.to_x0(batch)
     labels = batch['label'].astype(jnp.int32)
     x_t, t = self.noisy(x0, k_noise)
-    logits = apply(params, x_t, t, {}, rngs=k_model, train=True)
+    logits = self.apply(params, x_t, t, {}, rngs=k_model, train=True)
     ce = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels)
     acc = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return jnp.mean(ce), {'accuracy': acc, 't': t}
+    return jnp.mean(ce), {'accuracy': acc, 't': t}, task_state
+
+  def guide(self, params) -> ClassifierGuide:
+    """This classifier as a guide for a generator on the same path."""
+    return ClassifierGuide(noisy_classifier.log_prob_fn(self.apply, params),
+                           self.path)
+
+  def logits(self, params, x: jax.Array) -> jax.Array:
+    """Logits of clean data x (model space) at t = t_min."""
+    t = jnp.full((x.shape[0],), self.path.t_min, jnp.float32)
+    return self.apply(params, x, t, {})
 
   # -- Sampling: what the classifier's gradient alone draws ------------------
 
-  def sample_cond(self, n: int) -> dict[str, np.ndarray]:
-    """Labels 0..K-1, each repeated n // K times (one grid row per class)."""
-    per = max(n // self.num_classes, 1)
-    return {'label': np.repeat(np.arange(self.num_classes, dtype=np.int32),
-                               per)}
+  def sample_cond(self, spec) -> dict[str, np.ndarray]:
+    """n labels cycling through the classes, or {'per_class': m}: m of
+    each class."""
+    if isinstance(spec, dict):
+      return {'label': np.repeat(np.arange(self.num_classes, dtype=np.int32),
+                                 int(spec['per_class']))}
+    return {'label': base.class_labels(int(spec), self.num_classes)}
 
-  def grid_rows(self, n: int) -> int:
-    del n
-    return self.num_classes
+  def eval_cond(self, batch: dict) -> dict:
+    return {'label': batch['label'].astype(jnp.int32)}
 
-  def sample(self, apply, params, frozen, cond, key, *, n, guidance=1.0):
+  def to_media(self, samples, cond: dict) -> media_lib.Media:
+    return base.array_media(samples, cond, x_shape=self.x_shape,
+                            num_classes=self.num_classes)
+
+  def sample(self, params, frozen, cond, key, *, n, guidance=1.0):
     """Classifier guidance (scale `guidance`) on an N(0, I) data model.
 
     A picture of what the classifier's gradient points at, per class: the
@@ -115,7 +156,8 @@ class NoisyClassifierTask:
     del frozen
     base_fn = standard_normal_velocity(self.path)
     den = guidance_lib.classifier_guidance(
-        base_fn, noisy_classifier.log_prob_fn(apply, params), scale=guidance,
+        base_fn, noisy_classifier.log_prob_fn(self.apply, params),
+        scale=guidance,
         path=self.path, prediction='velocity')
     shape = (n, int(np.prod(self.x_shape))) if self.flatten else (
         (n,) + self.x_shape)
@@ -134,8 +176,8 @@ def standard_normal_velocity(path):
 
   def fn(x_t, t, cond):
     del cond
-    alpha = base.bcast(path.alpha(t), x_t)
-    sigma = base.bcast(path.sigma(t), x_t)
+    alpha = path_base.bcast(path.alpha(t), x_t)
+    sigma = path_base.bcast(path.sigma(t), x_t)
     v = alpha**2 + sigma**2
     return predictions.target('velocity', x0=alpha * x_t / v,
                               eps=sigma * x_t / v, t=t, path=path)

@@ -1,0 +1,122 @@
+"""Evaluations of a trained model, shared by the end of training, the loop's
+`eval_every` and `--mode=eval`.
+
+`config.eval` maps names of `EVALS` to their keyword arguments:
+
+  config.eval = {'features': dict(feature_net='digits', num_samples=500),
+                 'bits_per_dim': dict(num_images=256)}
+
+Each evaluation is `fn(b, params, rng, **kw) -> {metric: float}` with `b`
+the built run (`visgen.builder.Built`) and `params` the EMA parameters. They
+reach the task only through its contract: samples come from `task.sample`
+with conditions from `task.sample_cond`, and are scored as `task.to_media`
+shows them; likelihoods come from the task's `bits_per_dim` hook.
+
+A new evaluator: a function here registered in `EVALS` (its metrics code
+in `visgen/evaluators/`).
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from visgen import builder
+from visgen import media as media_lib
+from visgen.registry import Registry
+from visgen.tasks import base as tasks_base
+
+EVALS = Registry('evaluation')
+
+
+def draw(b: builder.Built, params, rng, *, num: int, batch: int,
+         sample_fn=None) -> media_lib.Media:
+  """`num` samples as media for the conditions `task.sample_cond(num)`,
+  `batch` per jitted call (the last call padded: one compile)."""
+  task = b.task
+  fn = sample_fn or builder.make_sample_fn(b, batch)
+  guidance = builder.guidance_scale(b.config)
+  cond = task.sample_cond(num)
+  out = []
+  for i in range(0, num, batch):
+    k = min(batch, num - i)
+    padded = tasks_base.cond_slice(cond, i, k, batch)
+    x = fn(params, b.frozen.params, padded, jax.random.fold_in(rng, i),
+           guidance)
+    out.append(task.to_media(x, padded).select(slice(0, k)))
+  return media_lib.concat(out)
+
+
+def _media_shape(b: builder.Built, fn, params, batch: int):
+  """The media of one sampling call, from shapes alone (nothing sampled)."""
+  cond = b.task.sample_cond(batch)
+  shape = jax.eval_shape(fn, params, b.frozen.params, cond,
+                         jax.random.key(0), builder.guidance_scale(b.config))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shape)
+  return b.task.to_media(zeros, cond)
+
+
+@EVALS.register('features')
+def feature_metrics(b: builder.Built, params, rng, *, feature_net='digits',
+                    reference='digits:test', num_samples=500, batch=250,
+                    image_size=None) -> dict[str, float]:
+  """The evaluator engineer's `InLoopEvaluator` on fresh EMA samples.
+
+  Reports feature-space FID / precision / recall (and their real-against-
+  real floors) and, when the task's media carry labels (class-conditional
+  tasks), `class_accuracy`: the fraction of samples the feature net's
+  classifier (trained on the real train split) labels with the class they
+  were drawn for.
+  """
+  from visgen.evaluators import in_loop  # pylint: disable=g-import-not-at-top
+
+  fn = builder.make_sample_fn(b, batch)
+  probe = _media_shape(b, fn, params, batch)
+  if probe.kind != 'image':
+    raise ValueError(f"The 'features' evaluation scores images; task "
+                     f'{b.config.task.name!r} makes {probe.kind} media.')
+
+  def sample_fn(key, n):
+    m = draw(b, params, key, num=n, batch=batch, sample_fn=fn)
+    return m.samples if m.labels is None else (m.samples, m.labels)
+
+  evaluator = in_loop.InLoopEvaluator(
+      feature_net=feature_net, reference=reference, num_samples=num_samples,
+      image_size=image_size or probe.samples.shape[1], batch_size=batch)
+  out = evaluator.run(sample_fn, rng)
+  key = f'{feature_net}_class_accuracy'
+  if key in out:
+    out['class_accuracy'] = out[key]
+  return out
+
+
+@EVALS.register('bits_per_dim')
+def bits_per_dim_metric(b: builder.Built, params, rng, *, split='test',
+                        num_images=256, batch=128, steps=50,
+                        divergence='hutchinson') -> dict[str, float]:
+  """Bits/dim of held-out data under the probability-flow ODE of the EMA
+  model: the mean of the task's `bits_per_dim(params, frozen, batch, key)`
+  over the first `num_images // batch * batch` examples of `split`
+  (RK4 with `steps` steps, Hutchinson or exact divergence)."""
+  task = b.task
+  if not hasattr(task, 'bits_per_dim'):
+    raise ValueError(f'Task {b.config.task.name!r} has no bits_per_dim '
+                     'hook; remove bits_per_dim from config.eval.')
+  fn = jax.jit(lambda p, fr, bt, k: task.bits_per_dim(
+      p, fr, bt, k, num_steps=steps, divergence=divergence))
+  total, count = 0.0, 0
+  for i, bt in enumerate(builder.heldout_batches(b, split, batch=batch,
+                                                 num=num_images)):
+    bpd = fn(params, b.frozen.params, bt, jax.random.fold_in(rng, i))
+    total += float(np.sum(np.asarray(bpd)))
+    count += int(bpd.shape[0])
+  return {'bits_per_dim': total / count, 'bits_per_dim_images': count}
+
+
+def run_evals(b: builder.Built, params, rng) -> dict[str, Any]:
+  """Runs every evaluation in `config.eval` (a dict name -> kwargs)."""
+  results = {}
+  for i, (name, kw) in enumerate(sorted(b.config.get('eval', {}).items())):
+    results.update(EVALS.get(name)(b, params, jax.random.fold_in(rng, i),
+                                   **dict(kw)))
+  return results
