@@ -81,13 +81,16 @@ def train_and_evaluate(config, workdir: str, *,
   batch_axes = sharding.batch_axes(mesh, config.sharding.rules)
   local_spec = task.batch_spec(config.data.batch_size // jax.process_count())
   checked_labels = []
+  # The config's class count (not the task's attribute: tasks without
+  # classes need not have one).
+  num_classes = int(config.task.get('num_classes', 0))
 
   def next_batch():
     # Only what the task consumes goes to the devices (scene datasets also
     # carry captions, masks, keypoints, ...).
     raw = next(data_iter)
     if not checked_labels:  # Out-of-range labels would only show as NaN.
-      validate.check_first_batch(raw, num_classes=task.num_classes)
+      validate.check_first_batch(raw, num_classes=num_classes)
       checked_labels.append(True)
     local = pipeline.device_entries(raw, task.batch_keys)
     # A missing or misshapen entry is named here, not deep inside the step.
@@ -135,7 +138,7 @@ def train_and_evaluate(config, workdir: str, *,
     host = jax.device_get(metrics)
     if not np.isfinite(host['loss']):
       raise validate.DivergedError(validate.nonfinite_loss_message(
-          host['loss'], step, num_classes=task.num_classes,
+          host['loss'], step, num_classes=num_classes,
           latest_step=ckpt.latest_step(), directory=str(ckpt.directory)))
     return {k: float(v) for k, v in host.items()}
 
