@@ -27,8 +27,9 @@ with its scale. This reproduces the experiment on the embedded digits:
    accuracy of the samples under that independent digits classifier.
 
 `--dataset=shapes` runs the same experiment on the scene world's labels (the
-shape of the largest visible object, 4 classes) at 16x16 RGB:
-configs/shapes_cfg.py and configs/shapes_noisy_classifier.py, scored by the
+shape of the largest visible object, 4 classes) at 32x32 RGB:
+configs/shapes.py (the scene generator recipe, a patch-2 U-Net) and
+configs/shapes_noisy_classifier.py, scored by the
 `shapes` attribute net against the shapes test split (shapes-FID, ...). Use
 one workdir per dataset.
 
@@ -85,13 +86,13 @@ DATASETS.register('digits')(Dataset(
                   'Inception metrics; sFID undefined (no spatial '
                   'features)')))
 DATASETS.register('shapes')(Dataset(
-    generator='configs/shapes_cfg.py',
+    generator='configs/shapes.py',
     classifier='configs/shapes_noisy_classifier.py',
-    feature_net='shapes', reference='shapes:test', gen_steps=4000,
+    feature_net='shapes', reference='shapes:test', gen_steps=2000,
     cls_steps=2000,
     metric_space=("shapes attribute net (visgen.evaluators.feature_nets "
-                  "'shapes', 32x32 input: 16x16 images upsampled), "
-                  'reference: shapes test split (10000 scenes) at 16x16; '
+                  "'shapes', 32x32 input), "
+                  'reference: shapes test split (10000 scenes) at 32x32; '
                   'not Inception metrics; sFID undefined (no spatial '
                   'features)')))
 
@@ -238,10 +239,10 @@ def main(argv=None):
   parser.add_argument('--workdir', required=True, help='Output directory.')
   parser.add_argument('--dataset', default='digits', choices=DATASETS.names(),
                       help="'digits' (8x8, 10 classes) or 'shapes' (the "
-                      'scene world at 16x16, 4 shape classes).')
+                      'scene world at 32x32, 4 shape classes).')
   parser.add_argument('--generator_steps', type=int, default=None,
                       help='Default: the dataset\'s (digits 3000, shapes '
-                      '4000).')
+                      '2000).')
   parser.add_argument('--classifier_steps', type=int, default=None,
                       help='Default: the dataset\'s (2000).')
   parser.add_argument('--num_samples', type=int, default=1000,
