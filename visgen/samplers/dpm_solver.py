@@ -12,9 +12,12 @@ The first steps use the lower orders. The first-order part is written
 without lambda (`multistep.first_order`), so it is exact at alpha = 0
 (rectified flow at t = 1) and at a final sigma = 0 (data).
 
-`lower_order_final` (diffusers' default): on grids of fewer than 15 steps
-the last step is first order and the one before at most second order; a step
-to sigma = 0 is always first order. NFE = N.
+`lower_order_final` (diffusers' default, on): on grids of fewer than 15
+steps the last step is first order and the one before at most second order;
+a step to sigma = 0 is always first order. It is what keeps 3M from
+diverging on grids whose last step is long in lambda (time-uniform to
+t_min at 10 NFE: issue 15's 3.2), at a small cost where it is not needed
+(single Gaussian, VP, 8 log-SNR steps: 0.151 with, 0.055 without). NFE = N.
 
 `dpm_solver_2m_sde` is diffusers' 'sde-dpmsolver++' (midpoint) 2M: the
 reverse SDE solved with the same data-prediction extrapolation,
