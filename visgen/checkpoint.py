@@ -22,6 +22,7 @@ one file per process) and 'meta' (a fingerprint of the model and config).
 """
 
 import json
+import os
 import signal
 import threading
 import time
@@ -122,7 +123,10 @@ class Checkpointer:
                keep_every: int = 0, fp: dict | None = None,
                async_save: bool = True, read_only: bool = False,
                start_time: float | None = None):
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    # Orbax needs an absolute path; library callers (experiments) may pass
+    # a relative one or ~.
+    self.directory = epath.Path(
+        os.path.abspath(os.path.expanduser(str(workdir)))) / 'checkpoints'
     # Wall time: this segment's start and what earlier segments used.
     self.start_time = time.time() if start_time is None else start_time
     self.prior_wall_time_s = 0.0
@@ -168,6 +172,7 @@ class Checkpointer:
                  meta=ocp.args.JsonSave(meta))
     if data_iter is not None:
       items['data'] = pipeline.checkpoint_args(data_iter)
+    self.wait()  # A failed background save names its own step.
     self._saving_step = step
     try:
       saved = self.mngr.save(step, args=ocp.args.Composite(**items),
@@ -196,6 +201,9 @@ class Checkpointer:
     cause = _root_cause(e)
     why = (validate.describe_os_error(cause) if isinstance(cause, OSError)
            else f'{type(cause).__name__}: {cause}')
+    if not isinstance(cause, OSError) and (
+        'No space left' in why or "os_error_code='28'" in why):
+      why += ' (the disk is full: free space or use another --workdir)'
     kept = (f'the last good checkpoint is step {last_good}, kept in '
             f'{self.directory}' if last_good is not None else
             'no earlier checkpoint exists')

@@ -182,6 +182,10 @@ class _DropLibraryInfo:
   """
 
   def filter(self, record) -> bool:
+    if 'asyncio' in record.pathname:
+      # Orbax's failed background writes resurface at exit as "exception
+      # was never retrieved" with a traceback each: already reported.
+      return 'orbax-checkpoint-tmp' not in record.getMessage()
     if 'orbax' not in record.pathname:
       return True
     if record.levelno >= 40:
