@@ -134,6 +134,9 @@ def test_json_is_strict_and_writes_are_atomic(tmp_path):
   with open(path) as f:  # The old file, whole; no temporary left behind.
     assert json.load(f)['loss'] is None
   assert os.listdir(tmp_path) == ['metrics.json']
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_runlocal_says_what_it_substituted(monkeypatch):

@@ -50,6 +50,10 @@ def atomic_output(path: str):
   os.close(fd)
   try:
     yield tmp
+    # mkstemp makes 0600 files; outputs get the usual umask permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):
