@@ -24,7 +24,8 @@ def test_missing_weights_names_path_and_command(tmp_path):
   assert 'python -m visgen.evaluators.convert_inception' in str(err.value)
 
 
-def test_cli_without_weights_says_how_to_make_them(tmp_path, monkeypatch):
+def test_cli_without_weights_says_how_to_make_them(tmp_path, monkeypatch,
+                                                   capsys):
   path = str(tmp_path / 'missing.npz')
   monkeypatch.setenv('VISGEN_INCEPTION_NPZ', path)
   monkeypatch.setattr(feature_nets, '_LOADED', {})
@@ -32,7 +33,9 @@ def test_cli_without_weights_says_how_to_make_them(tmp_path, monkeypatch):
   np.savez(batch, np.zeros((4, 8, 8, 3), np.uint8))
   with pytest.raises(SystemExit) as err:
     evaluate.main([batch, batch])
-  assert path in str(err.value) and 'convert_inception' in str(err.value)
+  said = str(err.value) + capsys.readouterr().err
+  assert err.value.code != 0
+  assert path in said and 'convert_inception' in said
 
 
 def test_tf1_resize_matches_legacy_formula():
