@@ -16,6 +16,7 @@ import inspect
 
 from flax import nnx
 
+from visgen.models.autoencoder import AutoencoderKL
 from visgen.models.classifier import NoisyClassifier
 from visgen.models.dit import DiT
 from visgen.models.functional import logical_axes
@@ -31,6 +32,7 @@ MODELS.register('mlp')(MLPDenoiser)
 MODELS.register('dit')(DiT)
 MODELS.register('unet')(UNet)
 MODELS.register('noisy_classifier')(NoisyClassifier)
+MODELS.register('autoencoder_kl')(AutoencoderKL)
 
 
 def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
