@@ -10,6 +10,14 @@ Precision: parameters are float32; `dtype=jnp.bfloat16` runs the matmuls in
 bf16 with float32 accumulation while LayerNorm, softmax and the residual
 stream stay float32. `attn_fp32=True` keeps the attention matmuls in float32
 too (the guard against bf16 attention overflow).
+
+Image conditioning and adapters (off by default; the network is then
+unchanged bit for bit): `concat_channels=k` patch-embeds `cond['concat']`
+(B, H, W, k) with its own zero-initialised linear added to the token
+embedding (channel concatenation whose extra inputs start at zero), and
+`residuals` (a list of (B, N, width) arrays, PixArt-delta's ControlNet
+from `visgen.models.controlnet`) are added to the outputs of the first
+len(residuals) blocks.
 """
 
 import dataclasses
@@ -105,7 +113,7 @@ class DiT(nnx.Module):
                num_classes: int = 0, learn_sigma: bool = False,
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False, attn_impl: str = 'xla',
-               remat: bool = False):
+               remat: bool = False, concat_channels: int = 0):
     if variant is not None:
       if variant not in VARIANTS:
         raise ValueError(f'Unknown DiT variant {variant!r}. Valid choices: '
@@ -125,10 +133,16 @@ class DiT(nnx.Module):
     self.width = width
     self.num_classes = num_classes
     self.remat = remat
-    self.cond_keys = ('label',) if num_classes > 0 else ()
+    self.cond_keys = (('label',) if num_classes > 0 else ()) + (
+        ('concat',) if concat_channels else ())
+    self.concat_channels = concat_channels
     self.dtype = dtype
     self.x_embed = layers.Dense(patch * patch * in_channels, width, rngs=rngs,
                                 axes=('conv_in', 'embed'), dtype=dtype)
+    self.concat_embed = (
+        layers.Dense(patch * patch * concat_channels, width, rngs=rngs,
+                     axes=('conv_in', 'embed'), kernel_init=layers.zeros,
+                     dtype=dtype) if concat_channels else None)
     self.t_embed = layers.TimestepEmbedder(width, rngs=rngs, t_scale=t_scale,
                                            dtype=dtype)
     self.y_embed = (layers.LabelEmbedder(num_classes, width, rngs=rngs)
@@ -144,9 +158,19 @@ class DiT(nnx.Module):
                               rngs=rngs, axes=('embed', 'conv_out'),
                               kernel_init=layers.zeros, dtype=dtype)
 
+  def patchify(self, x: jax.Array, channels: int) -> jax.Array:
+    """(B, H, W, C) -> (B, N, p*p*C) tokens, checking the shape."""
+    b, s, p = x.shape[0], self.input_size, self.patch
+    if x.shape[1:] != (s, s, channels):
+      raise ValueError(f'DiT expects an image input of shape (B, {s}, {s}, '
+                       f'{channels}), got {x.shape}.')
+    x = x.reshape(b, s // p, p, s // p, p, channels).transpose(
+        0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (s // p) ** 2, p * p * channels)
+
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
                *, train: bool = False, rngs: nnx.Rngs | None = None,
-               return_attn: bool = False):
+               return_attn: bool = False, residuals: list | None = None):
     """Returns the prediction, plus a list of per-block attention maps
     (B, heads, N, N) when `return_attn` is set."""
     del train, rngs  # DiT uses no dropout (label dropout is the task's).
@@ -160,6 +184,9 @@ class DiT(nnx.Module):
     # Patchify: (B, gh, p, gw, p, C) -> (B, N, p*p*C), channel-last patches.
     x = x_t.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
     x = self.x_embed(x.reshape(b, gh * gw, p * p * ch))
+    if self.concat_embed is not None:
+      x = x + self.concat_embed(self.patchify(cond['concat'].astype(
+          x_t.dtype), self.concat_channels))
     x = x + jnp.asarray(pos_embed_2d(self.width, gh, gw))
     c = self.t_embed(jnp.broadcast_to(t, (b,)))
     if self.y_embed is not None:
@@ -170,9 +197,15 @@ class DiT(nnx.Module):
 
     if self.remat:
       run_block = nnx.remat(run_block)
+    residuals = list(residuals or ())
+    if len(residuals) > len(self.blocks):
+      raise ValueError(f'DiT residuals: {len(residuals)} for '
+                       f'{len(self.blocks)} blocks.')
     maps = []
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
       x, probs = run_block(block, x, c)
+      if i < len(residuals):
+        x = x + residuals[i].astype(x.dtype)
       maps.append(probs)
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)), 2, axis=-1)
     x = self.final(modulate(layers.layer_norm(x), shift, scale))

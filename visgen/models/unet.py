@@ -14,6 +14,21 @@ predicts every pixel, the convolutional analogue of a DiT's patch size. On
 2 CPU cores this is what makes a 32x32 U-Net trainable in minutes.
 `mid_attention=False` drops the middle attention block (attention is the
 least efficient op on CPU, and small scenes need none).
+
+Image conditioning and adapters (all off by default, and then the network is
+unchanged bit for bit):
+* `concat_channels=k` reads `cond['concat']` (B, H, W, k), e.g. the source
+  image of InstructPix2Pix or of a DDBM bridge, as extra input channels. It
+  enters through its own zero-initialised conv added to `conv_in`'s output,
+  which is exactly a conv over the channel concatenation [x_t, concat] whose
+  extra input channels start at zero (IP2P's warm start from a base model:
+  `init_from` copies every other parameter by path).
+* `residuals={'down': [...], 'mid': r}` (ControlNet, Zhang & Agrawala 2023):
+  additive residuals for every skip connection (conv_in's output and each
+  input block's) and for the middle block's output, from
+  `visgen.models.controlnet`.
+* `extra_emb` (B, 4 * model_channels) is added to the time (+ class)
+  embedding (an instruction embedding computed outside the U-Net).
 """
 
 import math
@@ -152,7 +167,7 @@ class UNet(nnx.Module):
                num_classes: int = 0, learn_sigma: bool = False,
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False, remat: bool = False, patch: int = 1,
-               mid_attention: bool = True):
+               mid_attention: bool = True, concat_channels: int = 0):
     if patch < 1 or input_size % patch:
       raise ValueError(f'patch must be a positive divisor of input_size; '
                        f'got patch={patch}, input_size={input_size}.')
@@ -165,7 +180,9 @@ class UNet(nnx.Module):
     self.patch = patch
     self.out_channels = 2 * in_channels if learn_sigma else in_channels
     self.num_classes = num_classes
-    self.cond_keys = ('label',) if num_classes > 0 else ()
+    self.cond_keys = (('label',) if num_classes > 0 else ()) + (
+        ('concat',) if concat_channels else ())
+    self.concat_channels = concat_channels
     self.remat = remat
     self.t_embed = layers.TimestepEmbedder(
         emb_dim, rngs=rngs, freq_dim=model_channels, t_scale=t_scale,
@@ -174,6 +191,9 @@ class UNet(nnx.Module):
                     if num_classes > 0 else None)
     self.conv_in = Conv(patch * patch * in_channels, ch, rngs=rngs,
                         dtype=dtype)
+    self.concat_in = (Conv(patch * patch * concat_channels, ch, rngs=rngs,
+                           zero_init=True, dtype=dtype)
+                      if concat_channels else None)
     kw = dict(rngs=rngs, dropout_rate=dropout, dtype=dtype)
     akw = dict(rngs=rngs, dtype=dtype, attn_fp32=attn_fp32)
     # `res` is the side of the feature map (input_size / patch at the top):
@@ -232,7 +252,9 @@ class UNet(nnx.Module):
     return h
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
-               *, train: bool = False, rngs: nnx.Rngs | None = None):
+               *, train: bool = False, rngs: nnx.Rngs | None = None,
+               residuals: dict | None = None,
+               extra_emb: jax.Array | None = None):
     s = self.input_size
     if x_t.shape[1:] != (s, s, self.in_channels):
       raise ValueError(f'UNet expects x_t of shape (B, {s}, {s}, '
@@ -241,12 +263,27 @@ class UNet(nnx.Module):
     emb = self.t_embed(jnp.broadcast_to(t, x_t.shape[:1]))
     if self.y_embed is not None:
       emb = emb + self.y_embed(cond['label'])
+    if extra_emb is not None:
+      emb = emb + extra_emb
     h = self.conv_in(space_to_depth(x_t, self.patch))
+    if self.concat_in is not None:
+      c = cond['concat']
+      if c.shape != x_t.shape[:1] + (s, s, self.concat_channels):
+        raise ValueError(f"UNet expects cond['concat'] of shape (B, {s}, "
+                         f'{s}, {self.concat_channels}), got {c.shape}.')
+      h = h + self.concat_in(space_to_depth(c.astype(x_t.dtype), self.patch))
     hs = [h]
     for blk in self.down:
       h = self._run(blk, h, emb, train, rngs)
       hs.append(h)
     h = self._run(self.mid, h, emb, train, rngs)
+    if residuals is not None:
+      down = list(residuals['down'])
+      if len(down) != len(hs):
+        raise ValueError(f'UNet residuals: {len(down)} skip residuals for '
+                         f'{len(hs)} skip connections.')
+      hs = [a + r.astype(a.dtype) for a, r in zip(hs, down)]
+      h = h + residuals['mid'].astype(h.dtype)
     for blk in self.up:
       h = self._run(blk, jnp.concatenate([h, hs.pop()], axis=-1), emb, train,
                     rngs)
