@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 from flax import nnx
 import jax
@@ -21,6 +22,7 @@ from visgen import sharding
 from visgen import state as state_lib
 from visgen import train
 from visgen import train_step as step_lib
+from visgen import validate
 from visgen import warm_start
 from visgen import weights as weights_lib
 
@@ -245,6 +247,47 @@ def test_init_from_errors_name_paths_and_shapes(tmp_path):
     warm_start.warm_start(state, dict(source='a.npz', mappings=[]))
 
 
+def _cli_config(*overrides):
+  """The quickstart's runlocal config as `visgen.main` parses it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from visgen import main  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  main._define_flags(fv)  # pylint: disable=protected-access
+  qs = os.path.join(os.path.dirname(__file__), '..', 'configs',
+                    'quickstart.py')
+  argv = ['visgen.main', f'--config={qs}:runlocal',
+          '--workdir=unused', '--config.num_grid_samples=0',
+          '--config.log_every=1', *overrides]
+  saved, sys.argv = sys.argv, argv  # ml_collections reads sys.argv.
+  try:
+    fv(argv)
+  finally:
+    sys.argv = saved
+  validate.check_config(fv.config, device_count=1)
+  return fv.config
+
+
+def test_init_from_and_masks_default_to_off_and_validate():
+  c = _cli_config()
+  assert c.optim.trainable is None and c.optim.freeze is None
+  assert not c.init_from.source and c.init_from.step is None
+  c = _cli_config('--config.init_from.source=npz:w.npz',
+                  '--config.init_from.step=7',
+                  "--config.init_from.mapping=(('control/(.*)', r'enc/\\1'),"
+                  " ('out/.*', None))",
+                  "--config.optim.trainable=('control/.*', 'out/.*')")
+  assert c.init_from.step == 7
+  assert c.init_from.mapping == (('control/(.*)', r'enc/\1'),
+                                 ('out/.*', None))
+  assert c.optim.trainable == ('control/.*', 'out/.*')
+  # The fingerprint a resumption compares ignores init_from, and a run saved
+  # before the placeholders existed (no such keys) matches the defaults.
+  fp = ckpt_lib.fingerprint(_cli_config(), {})['config']
+  assert not any(k.startswith('init_from') for k in fp)
+  assert fp['optim.freeze'] is None and fp['optim.trainable'] is None
+
+
 def test_loop_init_from_fresh_runs_only_with_a_trainable_mask(
     tmp_path, monkeypatch):
   """Run B warm-starts from run A with blocks frozen: after training, B's
@@ -254,10 +297,13 @@ def test_loop_init_from_fresh_runs_only_with_a_trainable_mask(
   train.train_and_evaluate(tiny_config(total_steps=2, ckpt_every=2), run_a)
   src = weights_lib.read_checkpoint(run_a, weights='raw')
 
-  def config_b(total):
-    c = tiny_config(total_steps=total, ckpt_every=2)
-    c.init_from = dict(source=f'workdir:{run_a}', weights='raw')
-    c.optim.freeze = ['blocks/.*']
+  def config_b(total, source=run_a):
+    # Through the command line: the config declares init_from and the masks.
+    c = _cli_config(f'--config.total_steps={total}', '--config.ckpt_every=2',
+                    f'--config.init_from.source=workdir:{source}',
+                    '--config.init_from.weights=raw',
+                    '--config.optim.freeze=blocks/.*')
+    assert c.optim.freeze == ('blocks/.*',)
     return c
 
   train.train_and_evaluate(config_b(2), run_b)
@@ -273,7 +319,8 @@ def test_loop_init_from_fresh_runs_only_with_a_trainable_mask(
     raise AssertionError('a resumed run must not warm-start')
 
   monkeypatch.setattr(warm_start, 'warm_start', refuse)
-  train.train_and_evaluate(config_b(4), run_b)
+  # A changed init_from does not refuse the resumption (it never applies).
+  train.train_and_evaluate(config_b(4, source=tmp_path / 'gone'), run_b)
   got4 = weights_lib.read_checkpoint(run_b, weights='raw', step=4)
   for p in src:
     if p.startswith('blocks/'):

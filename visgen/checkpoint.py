@@ -39,11 +39,13 @@ from visgen import validate
 from visgen.data import pipeline
 
 # Config entries that may change between a run and its resumption: run
-# length, logging/eval cadence, sampling settings and the device topology.
+# length, logging/eval cadence, sampling settings and the device topology;
+# `init_from` too: only a fresh run is warm-started, a resumption restores
+# its own checkpoint whatever init_from now says.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'ckpt_every', 'keep_last',
                   'keep_every', 'sample_every', 'eval_every', 'eval',
                   'sampler', 'sharding', 'num_samples', 'sample_batch',
-                  'num_grid_samples')
+                  'num_grid_samples', 'init_from')
 
 
 def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:

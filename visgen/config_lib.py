@@ -128,14 +128,41 @@ def parse_arg(arg: str | None, **spec: Any) -> mlc.ConfigDict:
   return out
 
 
+def _unset(field_type: type) -> mlc.FieldReference:
+  """A None placeholder that `--config.a.b=v` can still set: config_flags
+  refuses to override a plain None (its type is unknown). Stored as null,
+  so runs saved before the field existed still resume."""
+  return mlc.FieldReference(None, field_type=field_type)
+
+
 def optim(*, lr: float, warmup_steps: int = 0, schedule: str = 'constant',
           weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
           grad_clip: float = 1.0, accum_steps: int = 1) -> dict:
-  """AdamW fragment; see `visgen.optim.make_optimizer` for the fields."""
+  """AdamW fragment; see `visgen.optim.make_optimizer` for the fields.
+
+  `trainable` / `freeze`: tuples of regexes over whole '/'-joined parameter
+  paths (None: train everything), e.g. `--config.optim.freeze=blocks/.*`
+  or `--config.optim.trainable="('control/.*', 'zero_.*')"`.
+  """
   return dict(name='adamw', lr=lr, warmup_steps=warmup_steps,
               schedule=schedule, weight_decay=weight_decay, b1=b1, b2=b2,
               eps=1e-8, grad_clip=grad_clip, accum_steps=accum_steps,
-              end_lr_factor=0.0)
+              end_lr_factor=0.0, trainable=_unset(tuple),
+              freeze=_unset(tuple))
+
+
+def init_from() -> dict:
+  """`config.init_from` placeholder: no warm start until `source` is set.
+
+  Fields as `visgen.warm_start`: source ('workdir:DIR', 'npz:FILE',
+  'safetensors:FILE'), weights ('ema', 'ema:<decay>', 'raw'), step (None:
+  the latest checkpoint), converter (`visgen.weights.CONVERTERS`), mapping
+  ((regex, replacement) pairs; None: every parameter from the same path).
+  Only a fresh run is warm-started, so it is a resumable key
+  (`visgen.checkpoint.RESUMABLE_KEYS`).
+  """
+  return dict(source='', weights='ema', step=_unset(int),
+              converter='identity', mapping=_unset(tuple))
 
 
 # Logical-axis -> mesh-axis rules shared by every config. Data parallel,
@@ -183,6 +210,7 @@ def base_config() -> mlc.ConfigDict:
   c.ema_warmup = False     # Debiased EMA: decay min(d, (1+n)/(10+n)).
   c.sharding = mesh_and_sharding('dp')
   c.frozen = mlc.ConfigDict()
+  c.init_from = init_from()
   return c
 
 

@@ -18,6 +18,7 @@ import jax
 import optax
 
 from visgen import param_tree
+from visgen.validate import UserError
 
 SCHEDULES = ('constant', 'cosine')
 TRAIN, FREEZE = 'train', 'freeze'
@@ -26,8 +27,8 @@ TRAIN, FREEZE = 'train', 'freeze'
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `lr`, then constant or cosine decay."""
   if cfg.schedule not in SCHEDULES:
-    raise ValueError(f'Unknown lr schedule {cfg.schedule!r}. Valid choices: '
-                     f'{", ".join(SCHEDULES)}.')
+    raise UserError(f'Unknown lr schedule {cfg.schedule!r}. Valid choices: '
+                    f'{", ".join(SCHEDULES)}.')
   warmup = int(cfg.get('warmup_steps', 0))
   if cfg.schedule == 'constant':
     if not warmup:
@@ -61,7 +62,7 @@ def trainable_mask(cfg, params: Any) -> Any:
   for field, patterns in (('trainable', train_re), ('freeze', freeze_re)):
     for p in patterns:
       if not any(p.fullmatch(path) for path in paths):
-        raise ValueError(
+        raise UserError(
             f'config.optim.{field} regex {p.pattern!r} matches no parameter '
             '(it must match a whole /-joined path). Some paths: '
             f'{", ".join(paths[:6])}.')
@@ -72,15 +73,15 @@ def trainable_mask(cfg, params: Any) -> Any:
 
   mask = param_tree.map_with_path(one, params)
   if not any(jax.tree.leaves(mask)):
-    raise ValueError('config.optim.trainable / freeze leave no parameter to '
-                     'train; loosen the regexes.')
+    raise UserError('config.optim.trainable / freeze leave no parameter to '
+                    'train; loosen the regexes.')
   return mask
 
 
 def make_optimizer(cfg, total_steps: int):
   """Returns (optax transformation, lr schedule) for `config.optim`."""
   if cfg.name != 'adamw':
-    raise ValueError(f'Unknown optimizer {cfg.name!r}. Valid choices: adamw.')
+    raise UserError(f'Unknown optimizer {cfg.name!r}. Valid choices: adamw.')
   schedule = make_schedule(cfg, total_steps)
   parts = []
   if cfg.get('grad_clip'):

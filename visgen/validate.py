@@ -336,6 +336,9 @@ def check_config(config, *, mode: str = 'train',
   check_float('optim.end_lr_factor', o.get('end_lr_factor', 0.0), lo=0,
               hi=1)
   accum = check_int('optim.accum_steps', o.get('accum_steps', 1), lo=1)
+  for field in ('trainable', 'freeze'):
+    check_regexes(f'optim.{field}', o.get(field))
+  check_init_from(c.get('init_from'))
 
   # Task and model.
   t = c.task
@@ -417,6 +420,64 @@ def check_config(config, *, mode: str = 'train',
       check_choice(f'eval.{name}.feature_net', kw['feature_net'],
                    feature_nets.FEATURE_NETS.names(), 'feature net')
   del mode
+
+
+def check_regexes(key: str, patterns) -> None:
+  """None, or a tuple of regexes that compile (matched to parameter paths
+  when the state is built, where a regex matching nothing is refused)."""
+  import re  # pylint: disable=g-import-not-at-top
+
+  if patterns is None:
+    return
+  if isinstance(patterns, str):
+    patterns = (patterns,)
+  if not isinstance(patterns, (tuple, list)) or not all(
+      isinstance(p, str) for p in patterns):
+    raise _bad(key, patterns, 'a tuple of regexes over /-joined parameter '
+               'paths', f"e.g. --config.{key}=\"('blocks/.*',)\"")
+  for p in patterns:
+    try:
+      re.compile(p)
+    except re.error as e:
+      raise _bad(key, tuple(patterns), f'valid regexes ({p!r}: {e})') from e
+
+
+def check_init_from(cfg) -> None:
+  """`config.init_from` (visgen.warm_start): fields, source kind, weights,
+  step, converter name and mapping pairs; the source itself is read (and
+  its parameters matched) only when a fresh run starts."""
+  # pylint: disable=g-import-not-at-top
+  from visgen import warm_start
+  from visgen import weights as weights_lib
+  # pylint: enable=g-import-not-at-top
+  if not cfg or not cfg.get('source'):
+    return
+  unknown = sorted(set(cfg.keys()) - set(warm_start.FIELDS))
+  if unknown:
+    raise UserError(f'config.init_from has unknown fields {unknown}. Valid '
+                    f'fields: {", ".join(warm_start.FIELDS)}.')
+  try:
+    weights_lib.parse_source(cfg['source'], what='config.init_from.source')
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  w = cfg.get('weights') or 'ema'
+  if not isinstance(w, str) or not (w in ('ema', 'raw') or (
+      w.startswith('ema:'))):
+    raise _bad('init_from.weights', w, "'ema', 'ema:<decay>' or 'raw'")
+  if cfg.get('step') is not None:
+    check_int('init_from.step', cfg['step'], lo=0)
+  check_choice('init_from.converter', cfg.get('converter') or 'identity',
+               weights_lib.CONVERTERS.names(), 'weight converter')
+  mapping = cfg.get('mapping')
+  if mapping is not None:
+    ok = isinstance(mapping, (tuple, list)) and all(
+        isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)
+        and (r[1] is None or isinstance(r[1], str)) for r in mapping)
+    if not ok:
+      raise _bad('init_from.mapping', mapping, '(regex, replacement or None) '
+                 'pairs', "e.g. --config.init_from.mapping=\"(('(.*)', "
+                 "r'\\1'),)\"")
+    check_regexes('init_from.mapping', [r[0] for r in mapping])
 
 
 def check_sampler(sampler, path, *, prediction=None) -> None:

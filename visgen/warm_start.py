@@ -30,6 +30,7 @@ import numpy as np
 
 from visgen import param_tree
 from visgen import weights as weights_lib
+from visgen.validate import UserError
 
 FIELDS = ('source', 'weights', 'step', 'converter', 'mapping')
 WHAT = 'config.init_from'
@@ -41,8 +42,8 @@ def _rules(mapping) -> list[tuple[Any, str | None]]:
   rules = []
   for rule in mapping:
     if len(rule) != 2:
-      raise ValueError(f'{WHAT}.mapping entries are (regex, replacement) '
-                       f'pairs, got {rule!r}.')
+      raise UserError(f'{WHAT}.mapping entries are (regex, replacement) '
+                      f'pairs, got {rule!r}.')
     (pattern,) = param_tree.compile_patterns([rule[0]], f'{WHAT}.mapping')
     rules.append((pattern, rule[1]))
   return rules
@@ -63,9 +64,9 @@ def plan(target_paths: list[str], mapping) -> dict[str, str]:
         break
   unused = [rules[i][0].pattern for i, u in enumerate(used) if not u]
   if unused:
-    raise ValueError(f'{WHAT}.mapping regexes {unused} match no parameter '
-                     '(a regex must match a whole /-joined path). Some '
-                     f'paths: {", ".join(target_paths[:6])}.')
+    raise UserError(f'{WHAT}.mapping regexes {unused} match no parameter '
+                    '(a regex must match a whole /-joined path). Some '
+                    f'paths: {", ".join(target_paths[:6])}.')
   return out
 
 
@@ -81,7 +82,7 @@ def load_source(cfg) -> tuple[dict[str, np.ndarray], str]:
   try:
     convert = weights_lib.CONVERTERS.get(converter)
   except ValueError as e:
-    raise ValueError(f'{WHAT}.converter: {e}') from e
+    raise UserError(f'{WHAT}.converter: {e}') from e
   arrays = weights_lib.read_file(kind, path, what=WHAT)
   return convert(arrays, {}), f'weight file {path}'
 
@@ -96,8 +97,8 @@ def warm_start(state: dict, cfg) -> dict:
   cfg = dict(cfg)
   unknown = sorted(set(cfg) - set(FIELDS))
   if unknown:
-    raise ValueError(f'{WHAT} has unknown fields {unknown}. Valid fields: '
-                     f'{", ".join(FIELDS)}.')
+    raise UserError(f'{WHAT} has unknown fields {unknown}. Valid fields: '
+                    f'{", ".join(FIELDS)}.')
   targets = param_tree.flatten(state['params'])
   copies = plan(list(targets), cfg.get('mapping'))
   arrays, origin = load_source(cfg)
@@ -111,7 +112,7 @@ def warm_start(state: dict, cfg) -> dict:
                        f'{tuple(arrays[src].shape)}')
   problems = misshapen + missing
   if problems:
-    raise ValueError(
+    raise UserError(
         f'{WHAT}: cannot copy from {origin} ({len(problems)} problems):\n  '
         + '\n  '.join(problems[:8])
         + (f'\n  ... and {len(problems) - 8} more' if len(problems) > 8
