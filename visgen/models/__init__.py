@@ -18,6 +18,7 @@ from flax import nnx
 
 from visgen.models.autoencoder import AutoencoderKL
 from visgen.models.classifier import NoisyClassifier
+from visgen.models.controlnet import ControlNet
 from visgen.models.dit import DiT
 from visgen.models.functional import logical_axes
 from visgen.models.functional import logical_to_spec
@@ -32,6 +33,7 @@ MODELS.register('mlp')(MLPDenoiser)
 MODELS.register('dit')(DiT)
 MODELS.register('unet')(UNet)
 MODELS.register('noisy_classifier')(NoisyClassifier)
+MODELS.register('controlnet')(ControlNet)
 MODELS.register('autoencoder_kl')(AutoencoderKL)
 
 
@@ -48,6 +50,6 @@ def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
 
 
 __all__ = [
-    'DiT', 'MLPDenoiser', 'NoisyClassifier', 'UNet', 'MODELS', 'get_model',
-    'split_model', 'make_apply', 'logical_axes', 'logical_to_spec',
+    'ControlNet', 'DiT', 'MLPDenoiser', 'NoisyClassifier', 'UNet', 'MODELS',
+    'get_model',    'split_model', 'make_apply', 'logical_axes', 'logical_to_spec',
 ]
