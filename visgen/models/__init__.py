@@ -51,5 +51,6 @@ def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
 
 __all__ = [
     'ControlNet', 'DiT', 'MLPDenoiser', 'NoisyClassifier', 'UNet', 'MODELS',
-    'get_model',    'split_model', 'make_apply', 'logical_axes', 'logical_to_spec',
+    'get_model', 'split_model', 'make_apply', 'logical_axes',
+    'logical_to_spec',
 ]
