@@ -13,6 +13,7 @@ contract (tests/test_tasks.py).
 """
 
 from visgen.registry import Registry
+from visgen.tasks import autoencoder
 from visgen.tasks import generation
 from visgen.tasks import noisy_classifier
 from visgen.tasks.base import Task
@@ -21,6 +22,7 @@ from visgen.tasks.base import check_task
 TASKS = Registry('task')
 TASKS.register('generation')(generation.GenerationTask)
 TASKS.register('noisy_classifier')(noisy_classifier.NoisyClassifierTask)
+TASKS.register('autoencoder')(autoencoder.AutoencoderTask)
 
 
 def get_task(config, *, apply=None, frozen_apply=None) -> Task:
