@@ -23,6 +23,7 @@ import numpy as np
 
 from visgen import builder
 from visgen import media as media_lib
+from visgen.data import preprocess
 from visgen.registry import Registry
 from visgen.tasks import base as tasks_base
 
@@ -111,6 +112,66 @@ def bits_per_dim_metric(b: builder.Built, params, rng, *, split='test',
     total += float(np.sum(np.asarray(bpd)))
     count += int(bpd.shape[0])
   return {'bits_per_dim': total / count, 'bits_per_dim_images': count}
+
+
+@EVALS.register('reconstruction')
+def reconstruction_metrics(b: builder.Built, params, rng, *, split='test',
+                           num_images=1000, batch=250, feature_net='shapes',
+                           reference='shapes:train',
+                           num_reference=8000) -> dict[str, float]:
+  """An autoencoder's reconstructions of the first `num_images` of `split`:
+  PSNR (dB, images in [0, 1] after uint8 quantisation) and the feature
+  net's FID / precision / recall of the reconstructions against
+  `num_reference` images of `reference`, beside the real-against-real floor
+  (the same net's test-against-train metrics, so with the defaults the
+  reconstruction FID and its floor compare the same test images, real or
+  reconstructed, to the same train set). Needs the task's `reconstruct`."""
+  del rng
+  from visgen.evaluators import datasets  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import in_loop  # pylint: disable=g-import-not-at-top
+
+  task = b.task
+  if not hasattr(task, 'reconstruct'):
+    raise ValueError(f'Task {b.config.task.name!r} does not reconstruct '
+                     'images; remove reconstruction from config.eval.')
+  fn = jax.jit(task.reconstruct)
+  reals, recs = [], []
+  for bt in builder.heldout_batches(b, split, batch=batch, num=num_images):
+    reals.append(np.asarray(bt['image']))
+    recs.append(np.asarray(tasks_base.array_media(
+        fn(params, bt['image']), {}, x_shape=reals[-1].shape[1:]).samples))
+  real, rec = np.concatenate(reals), np.concatenate(recs)
+  mse = np.mean(np.square(real / 255.0 - rec / 255.0), axis=(1, 2, 3))
+  out = {'psnr': float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10)))),
+         'reconstruction_images': int(len(real))}
+  if feature_net:
+    name, ref_split = reference.split(':', 1)
+    ref = datasets.load_images(name, split=ref_split, size=real.shape[1],
+                               num_examples=num_reference)
+    evaluator = in_loop.InLoopEvaluator(
+        feature_net=feature_net, reference=ref, num_samples=len(rec),
+        image_size=real.shape[1], batch_size=batch)
+    it = iter(range(0, len(rec), batch))
+    out.update(evaluator.run(lambda key, n: rec[next(it):][:n],
+                             jax.random.key(0)))
+  return out
+
+
+@EVALS.register('latent_stats')
+def latent_stats_metric(b: builder.Built, params, rng, *, split='train',
+                        num_images=1000, batch=250) -> dict[str, Any]:
+  """An autoencoder's latent statistics on `num_images` of `split`
+  (posterior means): SD's scale factor 1/std and EDM2's per-channel
+  mean/std (`tasks.autoencoder.latent_stats`), stored in metrics.json,
+  where frozen-autoencoder latent tasks read them."""
+  del rng
+  from visgen.tasks import autoencoder  # pylint: disable=g-import-not-at-top
+
+  encode = jax.jit(lambda p, im: b.apply(
+      p, preprocess.to_float(im), None, None, method='encode')[0])
+  zs = [np.asarray(encode(params, bt['image'])) for bt in
+        builder.heldout_batches(b, split, batch=batch, num=num_images)]
+  return autoencoder.latent_stats(np.concatenate(zs))
 
 
 def run_evals(b: builder.Built, params, rng) -> dict[str, Any]:
