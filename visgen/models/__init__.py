@@ -26,6 +26,7 @@ from visgen.models.functional import make_apply
 from visgen.models.functional import split_model
 from visgen.models.mlp import MLPDenoiser
 from visgen.models.unet import UNet
+from visgen.models.video_dit import VideoDiT
 from visgen.registry import Registry
 
 MODELS = Registry('model')
@@ -33,6 +34,7 @@ MODELS.register('mlp')(MLPDenoiser)
 MODELS.register('dit')(DiT)
 MODELS.register('unet')(UNet)
 MODELS.register('noisy_classifier')(NoisyClassifier)
+MODELS.register('video_dit')(VideoDiT)
 MODELS.register('controlnet')(ControlNet)
 MODELS.register('autoencoder_kl')(AutoencoderKL)
 
