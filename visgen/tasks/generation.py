@@ -29,6 +29,7 @@ from visgen.objectives import time_dists
 from visgen.objectives import weightings
 from visgen.samplers import guidance as guidance_lib
 from visgen.samplers import likelihood
+from visgen.tasks import autoencoder as ae_task
 from visgen.tasks import base
 
 # Sampler-config keys that configure guidance, not the sampler: `cfg_scale`
@@ -74,6 +75,10 @@ class GenerationTask:
     self.data_key = t.get('data_key', 'image')
     self.latent_scale = float(t.get('latent_scale', 1.0))
     self.x_shape = tuple(t.x_shape)
+    # On-the-fly latents (config.task.latent): a frozen autoencoder encodes
+    # the image batches inside the step and decodes the samples
+    # (`visgen.tasks.autoencoder.LatentCodec`); x_shape is the latent's.
+    self.codec = ae_task.codec_from_config(config, self.frozen_apply)
     name, kw = config_lib.named(config.path)
     self.path = interpolants.get_path(name, **kw)
     self.prediction = config.prediction
@@ -96,7 +101,10 @@ class GenerationTask:
 
   # -- Batch -> (x0, cond) --------------------------------------------------
 
-  def to_x0(self, batch: dict) -> jax.Array:
+  def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
+    if self.codec is not None:  # uint8 images -> normalised latents
+      x = self.codec.encode(frozen, batch[self.data_key], key)
+      return x.reshape(x.shape[0], -1) if self.flatten else x
     return batch_to_x0(batch, data_key=self.data_key,
                        latent_scale=self.latent_scale, flatten=self.flatten)
 
@@ -118,8 +126,9 @@ class GenerationTask:
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     dtype = jnp.uint8 if self.data_key == 'image' else jnp.float32
-    spec = {self.data_key: jax.ShapeDtypeStruct(
-        (batch_size,) + self.x_shape, dtype)}
+    shape = self.x_shape if self.codec is None else self.codec.image_shape
+    spec = {self.data_key: jax.ShapeDtypeStruct((batch_size,) + shape,
+                                                dtype)}
     if self.num_classes:
       spec['label'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     return spec
@@ -145,9 +154,8 @@ class GenerationTask:
     return {}
 
   def loss(self, params, frozen, task_state, batch, key):
-    del frozen  # No frozen parts (autoencoder, teacher) in this task yet.
     k_drop, k_loss, k_model = jax.random.split(key, 3)
-    x0 = self.to_x0(batch)
+    x0 = self.to_x0(batch, frozen, jax.random.fold_in(key, 7))
     apply_fn = self.network(params, rngs=k_model, train=True)
     time_state = (task_state or {}).get('time_dist')
     if self.time_dist.stateful and time_state is None:
@@ -215,7 +223,6 @@ class GenerationTask:
         form with the ancestral 'ddpm' sampler, the score form otherwise).
       classifier_scale: the classifier guidance scale (may be traced).
     """
-    del frozen
     name, kw = config_lib.named(sampler or self.sampler_cfg)
     opts = {k: kw.pop(k) for k in CFG_KEYS if k in kw}
     opts = dict(rescale=opts.get('cfg_rescale', 0.0),
@@ -270,11 +277,13 @@ class GenerationTask:
     x = samplers.sample(name, denoise, key=key, shape=shape, cond=cond,
                         path=self.path, prediction=self.prediction, ts=ts,
                         **kw)
-    return self.from_x(x)
+    x = self.from_x(x)
+    return x if self.codec is None else self.codec.decode(frozen, x)
 
   def to_media(self, samples, cond: dict) -> media_lib.Media:
     """uint8 images (latents: their first channels), one row per class."""
-    return base.array_media(samples, cond, x_shape=self.x_shape,
+    shape = self.x_shape if self.codec is None else self.codec.image_shape
+    return base.array_media(samples, cond, x_shape=shape,
                             num_classes=self.num_classes)
 
   # -- Evaluation hooks -----------------------------------------------------
@@ -287,6 +296,9 @@ class GenerationTask:
     through uniform dequantisation (`evaluators.bits_per_dim`)."""
     del frozen
     images = batch[self.data_key]
+    if self.codec is not None:
+      raise ValueError('bits_per_dim is not defined for latent tasks (a '
+                       'frozen autoencoder); remove it from config.eval.')
     if self.data_key != 'image' or images.dtype != jnp.uint8:
       raise ValueError('bits_per_dim needs uint8 image batches; this task '
                        f'trains on {self.data_key!r} ({images.dtype}).')
