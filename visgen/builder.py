@@ -214,10 +214,16 @@ def load_train_source(config):
         'This latent-space config needs (1) the dataset '
         f'{config.data.name!r} prepared for TFDS and (2) the autoencoder '
         f'weight file {ae_path}. Missing:\n  - ' + '\n  - '.join(problems))
-  raise NotImplementedError(
-      'Encoding images with a frozen autoencoder inside the loop is not '
-      'implemented yet; pre-encode the dataset with visgen.data.latents and '
-      f'train on the latents ({len(source)} images found).')
+  if config.task.get('latent'):  # the frozen autoencoder encodes in-loop
+    return source
+  raise ValueError(
+      'config.autoencoder only checks the weight file; to encode images '
+      'inside the step, load it as a frozen component and name it in the '
+      "task: config.frozen.autoencoder = dict(source='workdir:DIR' or "
+      "'safetensors:FILE', ...) and config.task.latent = dict(frozen="
+      "'autoencoder', image_shape=(H, W, C)) (visgen.tasks.autoencoder); or "
+      'pre-encode the dataset with python -m visgen.data.latents and train '
+      f'on the latents ({len(source)} images found).')
 
 
 def heldout_batches(b: Built, split: str, *, batch: int, num: int):
