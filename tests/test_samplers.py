@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from visgen import samplers
+from visgen.samplers import base as sampler_base
 from visgen.groundtruth import GaussianMixture
 from visgen.groundtruth import exact_marginal_sample
 from visgen.groundtruth import fit_order
@@ -269,3 +270,26 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match='needs `key`'):
     samplers.sample('ddpm', fn, path=vp, prediction='eps', ts=ts,
                     x_init=jnp.zeros((4, 2)))
+
+
+def test_registry_lists_every_sampler_and_importing_registers_nothing():
+  """Every function a sampler module marks with `base.sampler` is listed in
+  `visgen.samplers.SAMPLERS` under exactly one name, and the modules keep no
+  registry of their own (a new sampler missing its line fails here)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+
+  marked = []
+  for info in pkgutil.iter_modules(samplers.__path__):
+    mod = importlib.import_module(f'visgen.samplers.{info.name}')
+    assert not hasattr(mod, 'SAMPLERS') or mod is samplers, info.name
+    marked += [(info.name, k) for k, v in vars(mod).items()
+               if isinstance(getattr(v, 'spec', None), sampler_base.SamplerSpec)
+               and getattr(v, '__module__', None) == mod.__name__]
+  specs = [samplers.get_sampler(n) for n in samplers.SAMPLERS.names()]
+  assert len({id(s) for s in specs}) == len(specs)
+  for module, fn in marked:
+    spec = getattr(importlib.import_module(f'visgen.samplers.{module}'),
+                   fn).spec
+    assert any(s is spec for s in specs), f'{module}.{fn} is not registered'
+  assert len(marked) == len(specs) == 16

@@ -33,26 +33,47 @@ also accept grids that end at data (t = 0 where sigma(0) = 0, e.g.
 'logsnr_data', their default): the last step then goes to x0 without an
 evaluation there, so NFE = N, as in diffusers' final_sigmas_type='zero'.
 Pathwise errors per NFE: experiments/sampler_convergence.py (`--parts=nfe`).
+
+A new sampler: a function `fn(view, x, ts, key, **options) -> (x, info)` in a
+module here, decorated with `base.sampler(...)` (its spec: stochastic, own
+final step, applicability checks), and one line in `SAMPLERS` below;
+importing a sampler module registers nothing.
 """
 
 import jax
 import jax.numpy as jnp
 
+from visgen import registry
 from visgen.interpolants import get_path
-from visgen.samplers import ancestral  # noqa: F401  (registers samplers)
-from visgen.samplers import base
-from visgen.samplers import bridge  # noqa: F401
-from visgen.samplers import dpm_solver  # noqa: F401
-from visgen.samplers import edm  # noqa: F401
-from visgen.samplers import ipndm  # noqa: F401
-from visgen.samplers import ode  # noqa: F401
-from visgen.samplers import sde  # noqa: F401
-from visgen.samplers import unipc  # noqa: F401
+from visgen.samplers import ancestral
+from visgen.samplers import bridge
+from visgen.samplers import dpm_solver
+from visgen.samplers import edm
+from visgen.samplers import ipndm
+from visgen.samplers import ode
+from visgen.samplers import sde
+from visgen.samplers import unipc
 from visgen.samplers.denoiser import make_view
 from visgen.samplers.grids import GRIDS
 from visgen.samplers.grids import make_grid
 
-SAMPLERS = base.SAMPLERS
+SAMPLERS = registry.Registry('sampler')
+SAMPLERS.register('ddpm')(ancestral.ddpm.spec)
+SAMPLERS.register('ddim')(ancestral.ddim.spec)
+SAMPLERS.register('euler')(ode.euler.spec)
+SAMPLERS.register('heun')(ode.heun.spec)
+SAMPLERS.register('rk4')(ode.rk4.spec)
+SAMPLERS.register('dopri5')(ode.dopri5.spec)
+SAMPLERS.register('euler_maruyama')(sde.euler_maruyama.spec)
+SAMPLERS.register('pc')(sde.predictor_corrector.spec)
+SAMPLERS.register('annealed_langevin')(sde.annealed_langevin.spec)
+SAMPLERS.register('edm')(edm.edm.spec)
+SAMPLERS.register('dpm_solver_2m')(dpm_solver.dpm_solver_2m.spec)
+SAMPLERS.register('dpm_solver_3m')(dpm_solver.dpm_solver_3m.spec)
+SAMPLERS.register('dpm_solver_2m_sde')(dpm_solver.dpm_solver_2m_sde.spec)
+SAMPLERS.register('unipc')(unipc.unipc.spec)
+SAMPLERS.register('ipndm')(ipndm.ipndm.spec)
+SAMPLERS.register('bridge_heun')(bridge.bridge_heun.spec)
 
 __all__ = ['sample', 'get_sampler', 'make_grid', 'SAMPLERS', 'GRIDS',
            'check_applicable']

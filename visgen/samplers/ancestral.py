@@ -48,9 +48,9 @@ def check_variance(path, options):
   return None
 
 
-@base.register('ddpm', stochastic=True,
-               checks=(base.not_bridge, check_variance),
-               summary='DDPM ancestral sampling (posterior mean + noise)')
+@base.sampler(stochastic=True,
+              checks=(base.not_bridge, check_variance),
+              summary='DDPM ancestral sampling (posterior mean + noise)')
 def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None,
          clip_x0=None):
   """Ancestral sampling on the grid ts.
@@ -106,8 +106,8 @@ def ddpm(view, x, ts, key, *, variance='posterior', mean_shift=None,
   return jax.lax.fori_loop(0, n, body, x), dict(nfe=n)
 
 
-@base.register('ddim', stochastic=True, checks=(base.not_bridge,),
-               summary='DDIM with eta (0: deterministic, 1: DDPM)')
+@base.sampler(stochastic=True, checks=(base.not_bridge,),
+              summary='DDIM with eta (0: deterministic, 1: DDPM)')
 def ddim(view, x, ts, key, *, eta=0.0):
   path = view.path
 

@@ -1,6 +1,9 @@
-"""The sampler registry and the applicability checks shared by samplers.
+"""The sampler spec and the applicability checks shared by samplers.
 
-A registered sampler is a `SamplerSpec`: `fn(view, x, ts, key, **options) ->
+A sampler is a function decorated with `sampler(...)`, which attaches its
+`SamplerSpec` as `fn.spec` (and registers nothing: the registry `SAMPLERS`
+in `visgen/samplers/__init__.py` lists every spec explicitly). The spec's
+`fn(view, x, ts, key, **options) ->
 (x, info)` with `view` a `denoiser.DenoiserView`, `x` the state at `ts[0]`,
 `ts` a decreasing time grid and `info` a dict holding at least 'nfe'. A
 sampler registered with `own_final=True` also receives `denoise_final` and
@@ -17,9 +20,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from visgen import registry
-
-SAMPLERS = registry.Registry('sampler')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,10 @@ class SamplerSpec:
   own_final: bool = False
 
 
-def register(name, *, stochastic, summary, checks=(), own_final=False):
-  """Registers `fn` as sampler `name` with applicability `checks`."""
+def sampler(*, stochastic, summary, checks=(), own_final=False):
+  """Decorator: attaches `fn.spec`, a `SamplerSpec` with applicability
+  `checks` (functions (path, options) -> None or the reason it does not
+  apply, tried in order)."""
 
   def check(path, options):
     for c in checks:
@@ -42,8 +44,7 @@ def register(name, *, stochastic, summary, checks=(), own_final=False):
     return None
 
   def decorator(fn):
-    SAMPLERS.register(name)(SamplerSpec(fn, check, stochastic, summary,
-                                        own_final))
+    fn.spec = SamplerSpec(fn, check, stochastic, summary, own_final)
     return fn
 
   return decorator

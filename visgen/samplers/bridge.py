@@ -31,9 +31,9 @@ def _bridge_only(path, options):
   return None
 
 
-@base.register('bridge_heun', stochastic=True,
-               checks=(_bridge_only, base.alpha_positive),
-               summary="DDBM's hybrid sampler: stochastic step + Heun")
+@base.sampler(stochastic=True,
+              checks=(_bridge_only, base.alpha_positive),
+              summary="DDBM's hybrid sampler: stochastic step + Heun")
 def bridge_heun(view, x, ts, key, *, churn_step_ratio=0.33):
   def body(i, x):
     t, t_next = ts[i], ts[i + 1]

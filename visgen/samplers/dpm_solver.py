@@ -85,23 +85,23 @@ def _multistep(view, x, ts, order, lower_order_final):
   return x, dict(nfe=n)
 
 
-@base.register('dpm_solver_2m', stochastic=False, checks=(base.not_bridge,),
-               summary='DPM-Solver++(2M), multistep 2nd order')
+@base.sampler(stochastic=False, checks=(base.not_bridge,),
+              summary='DPM-Solver++(2M), multistep 2nd order')
 def dpm_solver_2m(view, x, ts, key, *, lower_order_final=True):
   del key
   return _multistep(view, x, ts, 2, lower_order_final)
 
 
-@base.register('dpm_solver_3m', stochastic=False, checks=(base.not_bridge,),
-               summary='DPM-Solver++(3M), multistep 3rd order')
+@base.sampler(stochastic=False, checks=(base.not_bridge,),
+              summary='DPM-Solver++(3M), multistep 3rd order')
 def dpm_solver_3m(view, x, ts, key, *, lower_order_final=True):
   del key
   return _multistep(view, x, ts, 3, lower_order_final)
 
 
-@base.register('dpm_solver_2m_sde', stochastic=True,
-               checks=(base.not_bridge,),
-               summary='SDE-DPM-Solver++(2M), midpoint, data prediction')
+@base.sampler(stochastic=True,
+              checks=(base.not_bridge,),
+              summary='SDE-DPM-Solver++(2M), midpoint, data prediction')
 def dpm_solver_2m_sde(view, x, ts, key, *, lower_order_final=True):
   """SDE-DPM-Solver++(2M); the noise of step i is normal(fold_in(key, i))."""
   path = view.path

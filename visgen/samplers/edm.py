@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from visgen.samplers import base
 
 
-@base.register('edm', stochastic=True, own_final=True,
-               checks=(base.not_bridge, base.alpha_positive),
-               summary="EDM's stochastic Heun sampler (S_churn, S_noise)")
+@base.sampler(stochastic=True, own_final=True,
+              checks=(base.not_bridge, base.alpha_positive),
+              summary="EDM's stochastic Heun sampler (S_churn, S_noise)")
 def edm(view, x, ts, key, *, S_churn=0.0, S_min=0.0,  # noqa: N803
         S_max=float('inf'), S_noise=1.0, denoise_final=False):
   path = view.path

@@ -51,8 +51,8 @@ def check_ipndm(path, options):
   return None
 
 
-@base.register('ipndm', stochastic=False, checks=(check_ipndm,),
-               summary='iPNDM: Adams-Bashforth on dx_hat/ds = eps (order 4)')
+@base.sampler(stochastic=False, checks=(check_ipndm,),
+              summary='iPNDM: Adams-Bashforth on dx_hat/ds = eps (order 4)')
 def ipndm(view, x, ts, key, *, order=4, variable_step=False):
   del key
   path = view.path

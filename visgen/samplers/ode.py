@@ -18,14 +18,19 @@ def _ode(method):
   return fn
 
 
-for _name, _nfe in (('euler', 1), ('heun', 2), ('rk4', 4)):
-  base.register(_name, stochastic=False, checks=(base.not_bridge,),
-                summary=f'PF-ODE, {_name} ({_nfe} NFE per step)')(
-                    _ode(_name))
+def _ode_sampler(method, nfe):
+  return base.sampler(stochastic=False, checks=(base.not_bridge,),
+                      summary=f'PF-ODE, {method} ({nfe} NFE per step)')(
+                          _ode(method))
 
 
-@base.register('dopri5', stochastic=False, checks=(base.not_bridge,),
-               summary='PF-ODE, adaptive Dormand-Prince 5(4)')
+euler = _ode_sampler('euler', 1)
+heun = _ode_sampler('heun', 2)
+rk4 = _ode_sampler('rk4', 4)
+
+
+@base.sampler(stochastic=False, checks=(base.not_bridge,),
+              summary='PF-ODE, adaptive Dormand-Prince 5(4)')
 def dopri5(view, x, ts, key, *, rtol=1e-4, atol=1e-4, max_steps=1000):
   """Adaptive PF-ODE solve from ts[0] to ts[-1]; only the grid ends are used.
 

@@ -78,8 +78,8 @@ def em_step(view, x, t, t_next, key, form, scale):
   return x_mean + jnp.sqrt(jnp.maximum(-h * w2, 0.0)) * noise, x_mean
 
 
-@base.register('euler_maruyama', stochastic=True, checks=(check_diffusion,),
-               summary='reverse SDE, Euler-Maruyama, tunable w(t)')
+@base.sampler(stochastic=True, checks=(check_diffusion,),
+              summary='reverse SDE, Euler-Maruyama, tunable w(t)')
 def euler_maruyama(view, x, ts, key, *, diffusion='sde', diffusion_scale=1.0):
   def body(i, x):
     return em_step(view, x, ts[i], ts[i + 1], jax.random.fold_in(key, i),
@@ -134,8 +134,8 @@ def check_pc(path, options):
   return check_diffusion(path, options)
 
 
-@base.register('pc', stochastic=True, checks=(check_pc,),
-               summary='predictor-corrector (Score-SDE), Langevin corrector')
+@base.sampler(stochastic=True, checks=(check_pc,),
+              summary='predictor-corrector (Score-SDE), Langevin corrector')
 def predictor_corrector(view, x, ts, key, *, predictor='euler_maruyama',
                         snr=0.16, num_corrector_steps=1, diffusion='sde',
                         diffusion_scale=1.0):
@@ -164,9 +164,9 @@ def predictor_corrector(view, x, ts, key, *, predictor='euler_maruyama',
           dict(nfe=n * (num_corrector_steps + 1)))
 
 
-@base.register('annealed_langevin', stochastic=True,
-               checks=(base.variance_exploding,),
-               summary="NCSN's annealed Langevin dynamics (alpha = 1 paths)")
+@base.sampler(stochastic=True,
+              checks=(base.variance_exploding,),
+              summary="NCSN's annealed Langevin dynamics (alpha = 1 paths)")
 def annealed_langevin(view, x, ts, key, *, step_size=2e-5,
                       num_inner_steps=5):
   """NCSN (Song & Ermon 2019), Algorithm 1: for each noise level sigma_i =

@@ -112,8 +112,8 @@ def check_unipc(path, options):
   return None
 
 
-@base.register('unipc', stochastic=False, checks=(check_unipc,),
-               summary='UniPC multistep (UniP-p + UniC-p), bh1/bh2')
+@base.sampler(stochastic=False, checks=(check_unipc,),
+              summary='UniPC multistep (UniP-p + UniC-p), bh1/bh2')
 def unipc(view, x, ts, key, *, order=3, variant='bh2', corrector=True,
           lower_order_final=True):
   """UniPC over the grid `ts` (see the module docstring); NFE = N.
