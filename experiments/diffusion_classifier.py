@@ -40,7 +40,6 @@ from visgen.classification import diffusion_classifier as dc_lib
 from visgen import config_loader
 from visgen.classification import guided_sampling
 from visgen.data import digits
-from visgen.data import preprocess
 from visgen.groundtruth import make_mixture
 from visgen.interpolants import get_path
 
@@ -80,14 +79,13 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
       guidance_tradeoff.generator_config(gen_steps, runlocal=runlocal),
       os.path.join(workdir, 'generator'), train_if_needed=True)
   t_gen = time.time() - t0
-  task = gen.task
-  test = digits.load_digits_split('test', size=task.x_shape[0])
+  test = digits.load_digits_split('test',
+                                  size=gen.config.task.x_shape[0])
   n = len(test['label']) if num_test is None else num_test
-  x = np.asarray(preprocess.to_float(test['image'][:n])).reshape(n, -1)
+  # Through the task: its model space (to_x0) and its denoiser / path.
+  x = np.asarray(gen.task.to_x0({'image': test['image'][:n]}))
   y = np.asarray(test['label'][:n])
-  dc = dc_lib.DiffusionClassifier(
-      task.network(gen.params), task.path,
-      task.prediction, task.num_classes)
+  dc = gen.task.diffusion_classifier(gen.params)
   key = jax.random.key(0)
   # The same draws for every chunk: the key is fixed; errors are per image.
   logits_fn = jax.jit(lambda xb: dc.logits(xb, key, num_draws=num_draws))
@@ -101,7 +99,7 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
   t2 = time.time()
   pred_ad = _batched(lambda xb, i: adaptive_fn(xb), x, chunk)
   t_ad = time.time() - t2
-  nfe_ad = stages[0][0] * task.num_classes + stages[1][0] * stages[0][1]
+  nfe_ad = stages[0][0] * dc.num_classes + stages[1][0] * stages[0][1]
 
   disc_cfg = discriminative_config(disc_steps, width=gen.config.model.width,
                                    depth=gen.config.model.depth,
@@ -118,7 +116,7 @@ def digits_part(workdir: str, *, gen_steps: int, disc_steps: int,
       discriminative_accuracy=d_acc,
       standard_error=dc_lib.bayes_accuracy_sampling_error(acc, n),
       num_test=n, num_draws=num_draws,
-      nfe_per_image=num_draws * task.num_classes,
+      nfe_per_image=num_draws * dc.num_classes,
       adaptive_stages=[list(s) for s in stages],
       adaptive_nfe_per_image=nfe_ad,
       generator_params=param_count(gen.params),

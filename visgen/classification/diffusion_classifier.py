@@ -36,18 +36,26 @@ from visgen.interpolants import base
 from visgen.objectives import predictions
 
 
+def label_cond(labels):
+  """The conditioning of class `labels` for a class-label denoiser (the
+  exact mixtures of `visgen.groundtruth`); a task passes its own
+  (`GenerationTask.diffusion_classifier`)."""
+  return {'label': labels}
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionClassifier:
   """Scores classes of x by the class-conditional denoising error.
 
   Attributes:
-    denoise_fn: `(x_t, t_B, cond) -> prediction of kind `prediction``; cond
-      holds 'label' (B,) int.
+    denoise_fn: `(x_t, t_B, cond) -> prediction of kind `prediction``, with
+      cond = cond_fn(labels (B,) int).
     path: the path the denoiser was trained on.
     prediction: the denoiser's prediction kind.
     num_classes: number of classes.
     t_min, t_max: the integration range (default: the path's).
     log_prior: optional log p(y), (num_classes,).
+    cond_fn: class labels (int array) -> the denoiser's `cond`.
   """
 
   denoise_fn: Callable
@@ -57,6 +65,7 @@ class DiffusionClassifier:
   t_min: float | None = None
   t_max: float | None = None
   log_prior: jax.Array | None = None
+  cond_fn: Callable = label_cond
 
   def _range(self):
     lo = self.path.t_min if self.t_min is None else self.t_min
@@ -87,7 +96,7 @@ class DiffusionClassifier:
     flat = lambda a: a.reshape((b * k * n,) + a.shape[3:])
     x0, eps, t, lab = flat(x), flat(eps), flat(t), flat(lab)
     x_t = self.path.sample_xt(x0=x0, eps=eps, t=t)
-    pred = self.denoise_fn(x_t, t, {'label': lab})
+    pred = self.denoise_fn(x_t, t, self.cond_fn(lab))
     _, eps_hat = predictions.to_x0_eps(pred, kind=self.prediction, x_t=x_t,
                                        t=t, path=self.path)
     err = jnp.sum(((eps_hat - eps) ** 2).reshape(b * k * n, -1), -1)

@@ -20,6 +20,7 @@ from visgen import config_lib
 from visgen import interpolants
 from visgen import media as media_lib
 from visgen import samplers
+from visgen.classification import diffusion_classifier as dc_lib
 from visgen.data import preprocess
 from visgen.evaluators import bits_per_dim as bpd_lib
 from visgen.objectives import learned_variance as lv_lib
@@ -122,6 +123,10 @@ class GenerationTask:
     if key is not None:
       labels = drop_labels(key, labels, p=self.label_dropout,
                            null_class=self.num_classes)
+    return self.class_cond(labels)
+
+  def class_cond(self, labels) -> dict:
+    """The network's conditioning for class labels."""
     return {'label': labels}
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -143,6 +148,17 @@ class GenerationTask:
                        'with visgen.builder.build (or pass apply=).')
     fn = lambda x_t, t, cond: self.apply(params, x_t, t, cond, **apply_kw)
     return precond_lib.precondition(fn, path=self.path, mode=self.precond)
+
+  def diffusion_classifier(self, params, **kw) -> dc_lib.DiffusionClassifier:
+    """p(y | x) by Bayes' rule with this task's denoiser, path and
+    prediction (Li et al. 2023); inputs are x0 in model space (`to_x0`).
+    `kw`: DiffusionClassifier's t_min, t_max, log_prior."""
+    if not self.num_classes:
+      raise ValueError('A diffusion classifier needs a class-conditional '
+                       'task (config.task.num_classes > 0).')
+    return dc_lib.DiffusionClassifier(
+        self.network(params), self.path, self.prediction, self.num_classes,
+        cond_fn=self.class_cond, **kw)
 
   # -- Training -------------------------------------------------------------
 
