@@ -1,0 +1,73 @@
+r"""InstructPix2Pix on `shapes_edit` pairs (recolour / move / resize).
+
+  python -m visgen.main --config=configs/ip2p_shapes.py --workdir=/tmp/ip2p
+  # warm-started from the shapes generator (extra input channels at zero):
+  python -m visgen.main --config=configs/ip2p_shapes.py:base=/tmp/shapes \
+      --workdir=/tmp/ip2p
+
+The denoiser (visgen/models/instruct.py) is the shapes U-Net reading the
+source scene by channel concatenation and the tokenised instruction
+(scene_words) through a small trainable embedding added to its time
+embedding. Dropout of image only / text only / both: 5% each (the paper's).
+Sampling: Heun with the dual guidance, s_T = `cfg_scale` (7.5 in the paper;
+3 here) and s_I = `image_cfg_scale` (1.5).
+"""
+
+from visgen import config_lib
+from visgen.models import instruct
+from visgen.tasks import image_cond
+
+RES = 32
+MAX_LEN = 10
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, base='', steps=2000,
+                             batch=32, lr=1e-3, width=32, sampler_steps=16,
+                             cfg_scale=3.0, image_cfg_scale=1.5)
+  c = config_lib.base_config()
+  res = 8 if arg.runlocal else RES
+  c.total_steps = arg.steps
+  c.log_every = 100
+  c.ckpt_every = 500
+  c.ema_decays = (0.999,)
+  c.ema_warmup = True
+  tok = dict(name='scene_words', max_len=MAX_LEN, keys=('instruction',))
+  c.data = dict(name='shapes_edit', resolution=RES, batch_size=arg.batch,
+                num_threads=2, tokenizer=tok)
+  unet = dict(name='unet', input_size=res, in_channels=3, patch=2,
+              model_channels=arg.width, channel_mult=(1, 2, 2),
+              num_res_blocks=1, attention_resolutions=(), mid_attention=True,
+              num_heads=1, dropout=0.0, num_classes=0, dtype='float32')
+  if arg.runlocal:
+    unet.update(model_channels=8, channel_mult=(1, 2), mid_attention=False)
+  c.task = dict(name='instruct_edit', x_shape=(res, res, 3),
+                image_dropout=0.05, text_dropout=0.05, both_dropout=0.05)
+  c.model = dict(name='instruct_unet', unet=dict(unet, concat_channels=3),
+                 max_len=MAX_LEN, text_dim=16)
+  if arg.base:
+    # The base's class table is not copied (the edit model has no labels).
+    base = dict(unet, num_classes=4)
+    source = image_cond.base_source(base, arg.base, what='ip2p_shapes')
+    c.init_from = dict(source=source, weights='ema',
+                       mapping=instruct.INIT_MAPPING)
+  c.path = dict(name='linear')
+  c.prediction = 'velocity'
+  c.weighting = dict(name='uniform')
+  c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  c.optim = config_lib.optim(lr=arg.lr, warmup_steps=50, schedule='cosine',
+                             grad_clip=1.0)
+  c.sampler = dict(name='heun', steps=arg.sampler_steps,
+                   cfg_scale=arg.cfg_scale,
+                   image_cfg_scale=arg.image_cfg_scale)
+  c.num_grid_samples = 16
+  c.eval = {}
+  if arg.runlocal:
+    c.total_steps = 4
+    c.log_every = 2
+    c.ckpt_every = 2
+    c.data = dict(name='shapes_edit', resolution=8, num_examples=64,
+                  batch_size=8, tokenizer=tok)
+    c.sampler.steps = 2
+    c.num_grid_samples = 4
+  return c

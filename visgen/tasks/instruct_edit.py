@@ -1,0 +1,174 @@
+"""InstructPix2Pix as a task: edit a scene by an instruction
+(Brooks, Holynski & Efros 2023), trained on `shapes_edit` pairs.
+
+  config.data  = dict(name='shapes_edit', resolution=32, batch_size=...,
+                      tokenizer=dict(name='scene_words', max_len=10,
+                                     keys=('instruction',)))
+  config.task  = dict(name='instruct_edit', x_shape=(32, 32, 3),
+                      image_dropout=0.05, text_dropout=0.05,
+                      both_dropout=0.05)
+  config.model = dict(name='instruct_unet', unet=dict(..., concat_channels=3),
+                      max_len=10)
+  config.sampler = dict(name='heun', steps=16, cfg_scale=s_T,
+                        image_cfg_scale=s_I)
+
+Batch -> x0 = the edited scene ('edited_image'), cond = {'concat': the
+source scene ('image') in [-1, 1], 'instruction_tokens': ids}. Dropout as
+the paper (5% each, per example): image only, text only, both; the null
+image is zeros, the null instruction all padding. Sampling uses the dual
+classifier-free guidance `samplers.guidance.dual_cfg`:
+e(0,0) + s_I (e(c_I,0) - e(0,0)) + s_T (e(c_I,c_T) - e(c_I,0)), whose
+text scale s_T is the task contract's `guidance` and s_I `image_guidance`
+(default the sampler config's `image_cfg_scale`, 1.5 as in the paper).
+The path / prediction / weighting / time distribution are the config's.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from visgen import media as media_lib
+from visgen.data import preprocess
+from visgen.samplers import guidance as guidance_lib
+from visgen.tasks import base
+from visgen.tasks import generation
+from visgen.tasks import image_cond
+from visgen.validate import UserError
+
+
+class InstructEditTask(generation.GenerationTask):
+  """Instruction editing with two-scale guidance (module docstring)."""
+
+  def __init__(self, config, *, apply=None, frozen_apply=None):
+    super().__init__(config, apply=apply, frozen_apply=frozen_apply)
+    t = config.task
+    if getattr(self, 'codec', None) is not None:
+      raise UserError(f'config.task.latent is not supported by the '
+                      f'{config.task.name} task yet (pixel space only).')
+    if self.num_classes or self.flatten or self.learned_variance is not None:
+      raise UserError('instruct_edit takes no class labels, flatten or '
+                      'learned variance (config.task.num_classes=0).')
+    self.source_key = t.get('source_key', 'image')
+    self.target_key = t.get('target_key', 'edited_image')
+    self.text_key = t.get('text_key', 'instruction_tokens')
+    self.p_image = float(t.get('image_dropout', 0.05))
+    self.p_text = float(t.get('text_dropout', 0.05))
+    self.p_both = float(t.get('both_dropout', 0.05))
+    if min(self.p_image, self.p_text, self.p_both) < 0 or (
+        self.p_image + self.p_text + self.p_both > 1):
+      raise UserError('config.task image_dropout, text_dropout and '
+                      'both_dropout must be >= 0 and sum to <= 1.')
+    tok = (config.data.get('tokenizer') or {})
+    self.max_len = int(dict(tok).get('max_len', 0)) if tok else 0
+    if not self.max_len:
+      raise UserError(
+          'instruct_edit reads tokenised instructions: set '
+          "config.data.tokenizer = dict(name='scene_words', max_len=10, "
+          "keys=('instruction',)).")
+    self.size = int(self.x_shape[0])
+    self.config = config
+    self.batch_keys = (self.source_key, self.target_key, self.text_key)
+
+  # -- Batch -> (x0, cond) ------------------------------------------------------
+
+  def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
+    del frozen, key
+    return image_cond.control_map(
+        {'image': batch[self.target_key]} if self.target_key in batch
+        else {}, 'image', self.size,
+        what=f'instruct_edit (edit target {self.target_key!r})')
+
+  def source(self, batch: dict) -> jax.Array:
+    if self.source_key not in batch:
+      raise UserError(
+          f'instruct_edit: the batch has no edit source {self.source_key!r} '
+          f'(it has {", ".join(sorted(batch))}); use the shapes_edit dataset '
+          'or set config.task.source_key.')
+    return image_cond.control_map({'image': batch[self.source_key]},
+                                  'image', self.size,
+                                  what='instruct_edit (edit source)')
+
+  def tokens(self, batch: dict) -> jax.Array:
+    if self.text_key not in batch:
+      raise UserError(
+          f'instruct_edit: the batch has no {self.text_key!r}; tokenise the '
+          "instruction (config.data.tokenizer keys=('instruction',)).")
+    tok = jnp.asarray(batch[self.text_key], jnp.int32)
+    if tok.ndim != 2 or tok.shape[1] != self.max_len:
+      raise UserError(f'instruct_edit: {self.text_key!r} has shape '
+                      f'{tuple(tok.shape)}, expected (B, {self.max_len}).')
+    return tok
+
+  def drop(self, key, concat, tokens):
+    """Per example: image only (p_image), text only (p_text), both."""
+    u = jax.random.uniform(key, (concat.shape[0],))
+    a, b = self.p_image, self.p_image + self.p_text
+    c = b + self.p_both
+    drop_img = (u < a) | ((u >= b) & (u < c))
+    drop_txt = (u >= a) & (u < c)
+    concat = jnp.where(drop_img[:, None, None, None], 0.0, concat)
+    tokens = jnp.where(drop_txt[:, None], 0, tokens)
+    return concat, tokens
+
+  def cond(self, batch: dict, key: jax.Array | None) -> dict:
+    concat, tokens = self.source(batch), self.tokens(batch)
+    if key is not None:
+      concat, tokens = self.drop(key, concat, tokens)
+    return {'concat': concat, self.text_key: tokens}
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    img = jax.ShapeDtypeStruct((batch_size,) + self.x_shape, jnp.uint8)
+    return {self.source_key: img, self.target_key: img,
+            self.text_key: jax.ShapeDtypeStruct((batch_size, self.max_len),
+                                                jnp.int32)}
+
+  # -- Sampling -----------------------------------------------------------------
+
+  def sample_cond(self, spec) -> dict[str, np.ndarray]:
+    n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
+    ex = image_cond.heldout_examples(self.config, n)
+    return jax.tree.map(np.asarray, self.eval_cond(ex))
+
+  def eval_cond(self, batch: dict) -> dict:
+    return self.cond(batch, None)
+
+  def null_image(self, cond):
+    return dict(cond, concat=jnp.zeros_like(cond['concat']))
+
+  def null_text(self, cond):
+    return {**cond, self.text_key: jnp.zeros_like(cond[self.text_key])}
+
+  def sample(self, params, frozen, cond: dict, key: jax.Array, *, n: int,
+             guidance: Any = 1.0, image_guidance: Any = None,
+             sampler: dict | None = None, return_info: bool = False):
+    """n edits of cond['concat'] by cond[text_key]; `guidance` = s_T,
+    `image_guidance` = s_I (both traced)."""
+    del frozen
+    for k in ('concat', self.text_key):
+      if k not in cond:
+        raise UserError(f"instruct_edit sampling needs cond[{k!r}] (the "
+                        'source image in [-1, 1] and the instruction '
+                        'tokens); build it with eval_cond(batch).')
+    if tuple(cond['concat'].shape[1:]) != self.x_shape:
+      raise UserError(f"instruct_edit: cond['concat'] has shape "
+                      f"{tuple(cond['concat'].shape)}, expected (n, "
+                      f"{', '.join(map(str, self.x_shape))}).")
+    s_i = (image_cond.sampler_option(self, 'image_cfg_scale', 1.5)
+           if image_guidance is None else image_guidance)
+    denoise = guidance_lib.dual_cfg(
+        self.network(params), image_scale=s_i, text_scale=guidance,
+        null_image=self.null_image, null_text=self.null_text)
+    out = image_cond.run_sampler(self, denoise, dict(cond), key, n=n,
+                                 sampler=sampler, return_info=return_info)
+    if return_info:
+      return self.from_x(out[0]), out[1]
+    return self.from_x(out)
+
+  def to_media(self, samples, cond: dict) -> media_lib.Media:
+    """source | edit panels."""
+    m = base.array_media(samples, cond, x_shape=self.x_shape)
+    if 'concat' in cond:
+      m.condition = preprocess.to_uint8(np.asarray(cond['concat']))
+    return m
