@@ -24,7 +24,13 @@ from visgen.models.functional import logical_axes
 from visgen.models.functional import logical_to_spec
 from visgen.models.functional import make_apply
 from visgen.models.functional import split_model
+from visgen.models.instruct import InstructUNet
 from visgen.models.mlp import MLPDenoiser
+from visgen.models.mmdit import MMDiT
+from visgen.models.pixart import PixArt
+from visgen.models.text_encoders import BertText
+from visgen.models.text_encoders import CLIPText
+from visgen.models.text_encoders import SceneText
 from visgen.models.unet import UNet
 from visgen.models.video_dit import VideoDiT
 from visgen.registry import Registry
@@ -36,7 +42,13 @@ MODELS.register('unet')(UNet)
 MODELS.register('noisy_classifier')(NoisyClassifier)
 MODELS.register('video_dit')(VideoDiT)
 MODELS.register('controlnet')(ControlNet)
+MODELS.register('instruct_unet')(InstructUNet)
 MODELS.register('autoencoder_kl')(AutoencoderKL)
+MODELS.register('pixart')(PixArt)
+MODELS.register('mmdit')(MMDiT)
+MODELS.register('bert_text')(BertText)
+MODELS.register('clip_text')(CLIPText)
+MODELS.register('scene_text')(SceneText)
 
 
 def get_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
