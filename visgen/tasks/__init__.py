@@ -14,8 +14,12 @@ contract (tests/test_tasks.py).
 
 from visgen.registry import Registry
 from visgen.tasks import autoencoder
+from visgen.tasks import bridge
+from visgen.tasks import controlnet
 from visgen.tasks import generation
+from visgen.tasks import instruct_edit
 from visgen.tasks import noisy_classifier
+from visgen.tasks import text_to_image
 from visgen.tasks.base import Task
 from visgen.tasks.base import check_task
 
@@ -23,6 +27,10 @@ TASKS = Registry('task')
 TASKS.register('generation')(generation.GenerationTask)
 TASKS.register('noisy_classifier')(noisy_classifier.NoisyClassifierTask)
 TASKS.register('autoencoder')(autoencoder.AutoencoderTask)
+TASKS.register('text_to_image')(text_to_image.TextToImageTask)
+TASKS.register('controlnet')(controlnet.ControlNetTask)
+TASKS.register('instruct_edit')(instruct_edit.InstructEditTask)
+TASKS.register('bridge')(bridge.BridgeTask)
 
 
 def get_task(config, *, apply=None, frozen_apply=None) -> Task:
