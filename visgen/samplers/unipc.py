@@ -42,48 +42,51 @@ def _safe(r):
   return jnp.where(r == 0.0, 1.0, r)
 
 
+def _step_terms(hist_lam, lam, variant, p):
+  """(hh = -h, B(h), r_k = (lam_{i-k} - lam_i) / h for k < p) of a step
+  from hist_lam[0] to lam (UniPC's notation, Zhao et al. 2023)."""
+  h = lam - hist_lam[0]
+  rks = [_safe((hist_lam[k] - hist_lam[0]) / h) for k in range(1, p)]
+  return -h, _b_h(-h, variant), rks
+
+
+def _rho_solve(hh, b_h, nodes, n):
+  """rho solving sum_k rho_k r_k^j = g_j (j + 1)! / B(h), j < n."""
+  g = ms.g_coeffs(hh, n)
+  b = [g[j] * math.factorial(j + 1) / b_h for j in range(n)]
+  return ms.solve_small([[r**j for r in nodes] for j in range(n)], b)
+
+
+def _add_differences(w, alpha, b_h, rhos, rks):
+  """Adds UniPC's -alpha B(h) sum_k rho_k D_k / r_k, D_k = m_{i-k} - m_i,
+  as weights on m_{i-k} (w[k + 1]) and m_i (w[1])."""
+  for k, (rho, r) in enumerate(zip(rhos, rks), start=1):
+    coef = alpha * b_h * rho / r
+    w[k + 1] = w[k + 1] - coef
+    w[1] = w[1] + coef
+  return w
+
+
 def _predictor_weights(p, hist_lam, lam_next, c_x, c_0, alpha_next, variant,
                        max_order):
   """Weights on [x_i, m_i, m_{i-1}, ...] of UniP-p (length max_order + 1)."""
   w = [c_x, c_0] + [jnp.zeros(())] * (max_order - 1)
   if p == 1:
     return w
-  h = lam_next - hist_lam[0]
-  hh = -h
-  b_h = _b_h(hh, variant)
-  rks = [_safe((hist_lam[k] - hist_lam[0]) / h) for k in range(1, p)]
-  if p == 2:
-    rhos = [jnp.asarray(0.5)]
-  else:
-    g = ms.g_coeffs(hh, p - 1)
-    b = [g[j] * math.factorial(j + 1) / b_h for j in range(p - 1)]
-    rhos = ms.solve_small([[r**j for r in rks] for j in range(p - 1)], b)
-  for k, (rho, r) in enumerate(zip(rhos, rks), start=1):
-    coef = alpha_next * b_h * rho / r
-    w[k + 1] = w[k + 1] - coef
-    w[1] = w[1] + coef
-  return w
+  hh, b_h, rks = _step_terms(hist_lam, lam_next, variant, p)
+  rhos = ([jnp.asarray(0.5)] if p == 2 else
+          _rho_solve(hh, b_h, rks, p - 1))
+  return _add_differences(w, alpha_next, b_h, rhos, rks)
 
 
 def _corrector_weights(p, hist_lam, lam_cur, c_x, c_0, alpha_cur, variant,
                        max_order):
   """Weights on [x_{i-1}, m_{i-1}, m_{i-2}, ..., m_i] of UniC-p."""
   w = [c_x, c_0] + [jnp.zeros(())] * (max_order - 1) + [jnp.zeros(())]
-  h = lam_cur - hist_lam[0]
-  hh = -h
-  b_h = _b_h(hh, variant)
-  rks = [_safe((hist_lam[k] - hist_lam[0]) / h) for k in range(1, p)]
-  if p == 1:
-    rhos = [jnp.asarray(0.5)]
-  else:
-    g = ms.g_coeffs(hh, p)
-    b = [g[j] * math.factorial(j + 1) / b_h for j in range(p)]
-    nodes = rks + [jnp.ones(())]
-    rhos = ms.solve_small([[r**j for r in nodes] for j in range(p)], b)
-  for k, (rho, r) in enumerate(zip(rhos[:-1], rks), start=1):
-    coef = alpha_cur * b_h * rho / r
-    w[k + 1] = w[k + 1] - coef
-    w[1] = w[1] + coef
+  hh, b_h, rks = _step_terms(hist_lam, lam_cur, variant, p)
+  rhos = ([jnp.asarray(0.5)] if p == 1 else
+          _rho_solve(hh, b_h, rks + [jnp.ones(())], p))
+  w = _add_differences(w, alpha_cur, b_h, rhos[:-1], rks)
   coef = alpha_cur * b_h * rhos[-1]  # D = m_i - m_{i-1}, r = 1
   w[-1] = w[-1] - coef
   w[1] = w[1] + coef
