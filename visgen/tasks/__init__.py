@@ -20,6 +20,7 @@ from visgen.tasks import generation
 from visgen.tasks import instruct_edit
 from visgen.tasks import noisy_classifier
 from visgen.tasks import text_to_image
+from visgen.tasks import video
 from visgen.tasks.base import Task
 from visgen.tasks.base import check_task
 
@@ -31,6 +32,7 @@ TASKS.register('text_to_image')(text_to_image.TextToImageTask)
 TASKS.register('controlnet')(controlnet.ControlNetTask)
 TASKS.register('instruct_edit')(instruct_edit.InstructEditTask)
 TASKS.register('bridge')(bridge.BridgeTask)
+TASKS.register('video')(video.VideoTask)
 
 
 def get_task(config, *, apply=None, frozen_apply=None) -> Task:
