@@ -1,15 +1,20 @@
-"""The seam for latent diffusion: pre-encode a dataset once, train on latents.
+"""Latent diffusion's data side: pre-encode a dataset once, train on latents.
 
-Once an autoencoder exists, a command such as
+  python -m visgen.data.latents --autoencoder=AE_WORKDIR --dataset=shapes \
+      --split=train --resolution=32 --num_examples=20000 --out=DIR
 
-  python -m visgen.data.latents --dataset=imagenet256 --split=train \
-      --autoencoder=<checkpoint> --out=DIR
-
-will call `encode_dataset(get_source(...), encode_fn, out_dir=DIR)` with
-`encode_fn` = the autoencoder's (jitted) encoder, and training will read
-`LatentSource(DIR)` instead of images. Only the autoencoder-specific part (the
-CLI flags that build `encode_fn`) is missing; the storage format and reader
-below are complete and tested with a toy encoder.
+encodes every example (or the first `num_examples`) with the trained
+autoencoder of AE_WORKDIR (a `visgen.main` run of `autoencoder_kl`, e.g.
+configs/autoencoder_shapes.py; its EMA weights by default) through
+`encode_dataset`, storing the posterior means unscaled; training then reads
+`LatentSource(DIR)` (the data source `dict(name='latents', path=DIR)`;
+DIR/<split> when present) with `config.task.data_key='latent'` and
+`latent_scale` = the stored `latent_scale_factor`. The autoencoder's latent
+statistics (SD's scale factor, EDM2's per-channel mean/std, see
+`visgen.tasks.autoencoder.latent_stats`) are read from its workdir, or
+computed on the first examples encoded and written there as
+latent_stats.json, and copied into meta.json. (Encoding inside the train
+step instead: `config.frozen` + `config.task.latent`, visgen.tasks.autoencoder.)
 
 Format in `out_dir`: 'latents.npy' (N, h, w, c) float16 (read with mmap),
 'labels.npy' int32 (N,) when the source has labels, 'meta.json'.
@@ -63,7 +68,11 @@ class LatentSource:
   sources carry no 'image'; decode with the autoencoder for previews.)
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, split: str | None = None):
+    # As the registered source 'latents' (config.data = dict(name='latents',
+    # path=DIR)): DIR/<split> when it holds latents, else DIR itself.
+    if split and os.path.exists(os.path.join(path, split, 'meta.json')):
+      path = os.path.join(path, split)
     if not os.path.exists(os.path.join(path, 'meta.json')):
       raise FileNotFoundError(
           f'No pre-encoded latents in {path!r}: run encode_dataset (see the '
@@ -80,3 +89,113 @@ class LatentSource:
     if self.labels is not None:
       out['label'] = self.labels[int(index)]
     return out
+
+
+class _Prefix:
+  """The first n examples of a source."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, min(int(n), len(source))
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: int):
+    return self.source[index]
+
+
+def autoencoder_encoder(workdir: str, *, weights: str = 'ema',
+                        sample: bool = False, seed: int = 0):
+  """(jitted uint8 (B, H, W, C) -> latents, model config) of a trained
+  autoencoder workdir, its weights loaded as a frozen component."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+
+  from visgen import config_lib  # pylint: disable=g-import-not-at-top
+  from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
+  from visgen import sharding  # pylint: disable=g-import-not-at-top
+  from visgen.data import preprocess  # pylint: disable=g-import-not-at-top
+  from visgen.models import autoencoder as ae_lib  # pylint: disable=g-import-not-at-top
+
+  shard_cfg = mlc.ConfigDict(config_lib.mesh_and_sharding('dp'))
+  mesh = sharding.make_mesh(shard_cfg.mesh)
+  entry = dict(source=f'workdir:{workdir}', weights=weights)
+  params, apply, _, _ = frozen_lib.load_component('autoencoder', entry, mesh,
+                                                  shard_cfg)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    model_cfg = json.load(f)['model']
+  counter = [0]
+
+  @jax.jit
+  def encode(p, images, key):
+    mean, logvar = apply(p, preprocess.to_float(images), method='encode')
+    return ae_lib.sample_posterior(key, mean, logvar) if sample else mean
+
+  def encode_fn(images):
+    counter[0] += 1
+    key = jax.random.fold_in(jax.random.key(seed), counter[0])
+    return encode(params, images, key)
+
+  return encode_fn, model_cfg
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+
+  from visgen import data  # pylint: disable=g-import-not-at-top
+  from visgen.evaluators import datasets  # pylint: disable=g-import-not-at-top
+  from visgen.tasks import autoencoder as ae_task  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog='python -m visgen.data.latents')
+  parser.add_argument('--autoencoder', required=True,
+                      help='workdir of a trained autoencoder_kl run')
+  parser.add_argument('--dataset', default='shapes')
+  parser.add_argument('--split', default='train')
+  parser.add_argument('--resolution', type=int, default=None,
+                      help="the images' side (default: the autoencoder's)")
+  parser.add_argument('--num_examples', type=int, default=None)
+  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--weights', default='ema', help="'ema' or 'raw'")
+  parser.add_argument('--sample', action='store_true',
+                      help='posterior samples instead of means')
+  parser.add_argument('--stats_examples', type=int, default=1000,
+                      help='examples for latent statistics when the '
+                      'workdir has none')
+  parser.add_argument('--out', default=None)
+  args = parser.parse_args(argv)
+  workdir = os.path.expanduser(args.autoencoder)
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    parser.error(f'--autoencoder={args.autoencoder}: no config.json there; '
+                 'pass the workdir of a trained autoencoder run.')
+  if args.out is None:
+    parser.error('--out=DIR is required.')
+  encode_fn, model_cfg = autoencoder_encoder(workdir, weights=args.weights,
+                                             sample=args.sample)
+  size = args.resolution or int(model_cfg.get('input_size', 32))
+  source = data.get_source(args.dataset, split=args.split,
+                           **datasets._size_kwargs(args.dataset, size))  # pylint: disable=protected-access
+  if args.num_examples:
+    source = _Prefix(source, args.num_examples)
+  try:
+    stats = ae_task.read_latent_stats(workdir)
+  except FileNotFoundError:
+    n = min(args.stats_examples, len(source))
+    z = np.concatenate([np.asarray(encode_fn(np.stack(
+        [source[i]['image'] for i in range(s, min(n, s + args.batch))])))
+                        for s in range(0, n, args.batch)])
+    stats = ae_task.latent_stats(z)
+    with open(os.path.join(workdir, ae_task.STATS_FILE), 'w') as f:
+      json.dump(stats, f, indent=1)
+    print(f'latent statistics of {n} examples -> '
+          f'{os.path.join(workdir, ae_task.STATS_FILE)}')
+  n = encode_dataset(source, encode_fn, out_dir=args.out,
+                     batch_size=args.batch,
+                     meta=dict(autoencoder=workdir, dataset=args.dataset,
+                               split=args.split, sample=args.sample, **stats))
+  print(f'{n} latents -> {args.out} (scale factor '
+        f'{stats["latent_scale_factor"]:.5g})')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
