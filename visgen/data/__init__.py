@@ -61,6 +61,7 @@ for _name, _module, _cls in (
     ('shapes_video', 'shapes_motion', 'ShapesVideoSource'),
     ('moving_digits', 'shapes_motion', 'MovingDigitsSource'),
     ('shapes_world', 'shapes_world', 'ShapesWorldSource'),
+    ('latents', 'latents', 'LatentSource'),
 ):
   SOURCES.register(_name)(_lazy(_module, _cls))
 
