@@ -288,3 +288,26 @@ def test_frozen_autoencoder_encodes_on_the_fly(trained_ae):
                                          jax.random.key(0), 1.0)
   media = b.task.to_media(samples, {})
   assert media.samples.shape == (2, 8, 8, 3)
+
+
+def test_pre_encoding_cli_writes_the_encoder_means(trained_ae, tmp_path):
+  from visgen import data  # pylint: disable=g-import-not-at-top
+  from visgen.data import latents  # pylint: disable=g-import-not-at-top
+
+  b, state, _, _, workdir = trained_ae
+  out = str(tmp_path / 'lat' / 'train')
+  assert latents.main([f'--autoencoder={workdir}', '--dataset=shapes',
+                       '--resolution=8', '--num_examples=6', '--batch=4',
+                       f'--out={out}']) == 0
+  src = data.get_source('shapes', split='train', resolution=8)
+  images = np.stack([src[i]['image'] for i in range(6)])
+  want = b.task._net(builder.first_ema(state), images / 127.5 - 1.0,
+                     'encode')[0]
+  got = data.get_source('latents', split='train', path=str(tmp_path / 'lat'))
+  assert len(got) == 6
+  np.testing.assert_allclose(np.stack([got[i]['latent'] for i in range(6)]),
+                             want, rtol=2e-3, atol=2e-3)
+  with open(os.path.join(out, 'meta.json')) as f:
+    meta = json.load(f)
+  with open(os.path.join(workdir, ae_task.STATS_FILE)) as f:
+    assert meta['latent_scale_factor'] == json.load(f)['latent_scale_factor']
