@@ -29,6 +29,13 @@ unchanged bit for bit):
   `visgen.models.controlnet`.
 * `extra_emb` (B, 4 * model_channels) is added to the time (+ class)
   embedding (an instruction embedding computed outside the U-Net).
+* Text (LDM, Rombach et al. 2022): `text_dim=D` (LDM's context_dim) or a
+  trainable `text_encoder=dict(name=...)` reads the text of cond
+  (`visgen.models.text_cond`: token embeddings + mask, or token ids, and
+  the learned null text); every attention block then also cross-attends
+  from its LayerNormed tokens to the text (SpatialTransformer's cross-
+  attention, padding keys masked, output projection zero at init), and
+  `pooled_dim` > 0 adds the pooled text's embedding to the time embedding.
 """
 
 import math
@@ -41,6 +48,8 @@ import jax.numpy as jnp
 
 from visgen.models import attention
 from visgen.models import layers
+from visgen.models import text_cond
+from visgen.models import text_encoders
 
 
 class Conv(nnx.Module):
@@ -143,16 +152,25 @@ class AttnBlock(nnx.Module):
   """GroupNorm then multi-head self-attention over H*W tokens, residual."""
 
   def __init__(self, ch: int, heads: int, *, rngs: nnx.Rngs,
-               dtype: Any = jnp.float32, attn_fp32: bool = False):
+               dtype: Any = jnp.float32, attn_fp32: bool = False,
+               context_dim: int = 0):
     self.norm = GroupNorm(ch, rngs=rngs)
     # Zero output projection: the block starts as the identity (ADM).
     self.attn = attention.SelfAttention(ch, heads, rngs=rngs, dtype=dtype,
                                         attn_fp32=attn_fp32, zero_proj=True)
+    self.cross = (text_encoders.Attention(
+        ch, heads, rngs=rngs, context_dim=context_dim, dtype=dtype,
+        zero_out=True) if context_dim else None)
 
-  def __call__(self, x):
+  def __call__(self, x, ctx=None, ctx_mask=None):
     b, h, w, c = x.shape
     a, _ = self.attn(self.norm(x).reshape(b, h * w, c))
-    return x + a.reshape(b, h, w, c)
+    x = x + a.reshape(b, h, w, c)
+    if self.cross is not None:
+      tokens = x.reshape(b, h * w, c)
+      x = x + self.cross(layers.layer_norm(tokens), context=ctx,
+                         key_mask=ctx_mask).reshape(b, h, w, c)
+    return x
 
 
 class UNet(nnx.Module):
@@ -167,7 +185,9 @@ class UNet(nnx.Module):
                num_classes: int = 0, learn_sigma: bool = False,
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False, remat: bool = False, patch: int = 1,
-               mid_attention: bool = True, concat_channels: int = 0):
+               mid_attention: bool = True, concat_channels: int = 0,
+               text_dim: int = 0, pooled_dim: int = 0,
+               text_encoder: dict | None = None):
     if patch < 1 or input_size % patch:
       raise ValueError(f'patch must be a positive divisor of input_size; '
                        f'got patch={patch}, input_size={input_size}.')
@@ -184,6 +204,16 @@ class UNet(nnx.Module):
         ('concat',) if concat_channels else ())
     self.concat_channels = concat_channels
     self.remat = remat
+    self.text = (text_cond.TextInput(
+        rngs=rngs, text_dim=text_dim, pooled_dim=pooled_dim,
+        text_encoder=text_encoder, dtype=dtype)
+                 if text_dim or text_encoder else None)
+    if self.text is not None:
+      self.cond_keys += self.text.cond_keys
+    self.pooled_embed = (text_cond.PooledEmbedder(
+        self.text.pooled_dim, emb_dim, rngs=rngs, dtype=dtype)
+                         if self.text is not None and self.text.pooled_dim
+                         else None)
     self.t_embed = layers.TimestepEmbedder(
         emb_dim, rngs=rngs, freq_dim=model_channels, t_scale=t_scale,
         dtype=dtype)
@@ -195,7 +225,8 @@ class UNet(nnx.Module):
                            zero_init=True, dtype=dtype)
                       if concat_channels else None)
     kw = dict(rngs=rngs, dropout_rate=dropout, dtype=dtype)
-    akw = dict(rngs=rngs, dtype=dtype, attn_fp32=attn_fp32)
+    akw = dict(rngs=rngs, dtype=dtype, attn_fp32=attn_fp32,
+               context_dim=self.text.text_dim if self.text else 0)
     # `res` is the side of the feature map (input_size / patch at the top):
     # attention_resolutions name feature-map sides, as in ADM.
     down, skips, res = [], [ch], inner
@@ -234,7 +265,7 @@ class UNet(nnx.Module):
     self.conv_out = Conv(ch, patch * patch * self.out_channels, rngs=rngs,
                          zero_init=True, dtype=dtype)
 
-  def _run(self, blk, h, emb, train, rngs):
+  def _run(self, blk, h, emb, train, rngs, ctx=()):
     for layer in blk:
       if isinstance(layer, ResBlock):
         if self.remat:
@@ -243,7 +274,7 @@ class UNet(nnx.Module):
         else:
           h = layer(h, emb, train=train, rngs=rngs)
       elif isinstance(layer, AttnBlock):
-        h = layer(h)
+        h = layer(h, *ctx)
       else:  # Conv: a downsample (stride 2) or the conv after an upsample.
         if layer.stride == 1:
           b, hh, ww, c = h.shape
@@ -265,6 +296,12 @@ class UNet(nnx.Module):
       emb = emb + self.y_embed(cond['label'])
     if extra_emb is not None:
       emb = emb + extra_emb
+    ctx = ()
+    if self.text is not None:
+      text, mask, pooled = self.text(cond)
+      ctx = (text, mask)
+      if self.pooled_embed is not None:
+        emb = emb + self.pooled_embed(pooled)
     h = self.conv_in(space_to_depth(x_t, self.patch))
     if self.concat_in is not None:
       c = cond['concat']
@@ -274,9 +311,9 @@ class UNet(nnx.Module):
       h = h + self.concat_in(space_to_depth(c.astype(x_t.dtype), self.patch))
     hs = [h]
     for blk in self.down:
-      h = self._run(blk, h, emb, train, rngs)
+      h = self._run(blk, h, emb, train, rngs, ctx)
       hs.append(h)
-    h = self._run(self.mid, h, emb, train, rngs)
+    h = self._run(self.mid, h, emb, train, rngs, ctx)
     if residuals is not None:
       down = list(residuals['down'])
       if len(down) != len(hs):
@@ -286,6 +323,6 @@ class UNet(nnx.Module):
       h = h + residuals['mid'].astype(h.dtype)
     for blk in self.up:
       h = self._run(blk, jnp.concatenate([h, hs.pop()], axis=-1), emb, train,
-                    rngs)
+                    rngs, ctx)
     h = self.conv_out(jax.nn.silu(self.norm_out(h)))
     return depth_to_space(h, self.patch).astype(x_t.dtype)
