@@ -50,6 +50,22 @@ def identity(arrays: dict[str, np.ndarray], expected: dict[str, Any]
   return dict(arrays)
 
 
+@CONVERTERS.register('hf_bert')
+def hf_bert(arrays: dict[str, np.ndarray], expected: dict[str, Any]
+            ) -> dict[str, np.ndarray]:
+  """HF BertModel names (all-MiniLM-L6-v2) -> `text_encoders.BertText`."""
+  from visgen.models import text_encoders  # pylint: disable=g-import-not-at-top
+  return text_encoders.convert_hf_bert(arrays, expected)
+
+
+@CONVERTERS.register('hf_clip_text')
+def hf_clip_text(arrays: dict[str, np.ndarray], expected: dict[str, Any]
+                 ) -> dict[str, np.ndarray]:
+  """transformers CLIPTextModel names -> `text_encoders.CLIPText`."""
+  from visgen.models import text_encoders  # pylint: disable=g-import-not-at-top
+  return text_encoders.convert_hf_clip_text(arrays, expected)
+
+
 def parse_source(source: str, *, what: str) -> tuple[str, str]:
   """(kind, expanded path) of a weight source string."""
   if not isinstance(source, str) or not source:
