@@ -96,6 +96,13 @@ def _scene_words(*, max_len: int = 24) -> WordTokenizer:
                        name='scene_words')
 
 
+@TOKENIZERS.register('hf')
+def _hf(*, path: str = 'minilm', max_len: int = 32):
+  """A pretrained encoder's tokenizer.json (`visgen.data.hf_tokenize`)."""
+  from visgen.data import hf_tokenize  # pylint: disable=g-import-not-at-top
+  return hf_tokenize.HFTokenizer(path, max_len=max_len, name='hf')
+
+
 def get_tokenizer(cfg: Any) -> WordTokenizer:
   """The tokenizer of `config.data.tokenizer` (a name or a dict)."""
   kw = {'name': cfg} if isinstance(cfg, str) else dict(cfg)
