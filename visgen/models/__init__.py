@@ -31,11 +31,6 @@ from visgen.models.pixart import PixArt
 from visgen.models.text_encoders import BertText
 from visgen.models.text_encoders import CLIPText
 from visgen.models.text_encoders import SceneText
-from visgen.models.mmdit import MMDiT
-from visgen.models.pixart import PixArt
-from visgen.models.text_encoders import BertText
-from visgen.models.text_encoders import CLIPText
-from visgen.models.text_encoders import SceneText
 from visgen.models.unet import UNet
 from visgen.models.video_dit import VideoDiT
 from visgen.registry import Registry
@@ -49,11 +44,6 @@ MODELS.register('video_dit')(VideoDiT)
 MODELS.register('controlnet')(ControlNet)
 MODELS.register('instruct_unet')(InstructUNet)
 MODELS.register('autoencoder_kl')(AutoencoderKL)
-MODELS.register('pixart')(PixArt)
-MODELS.register('mmdit')(MMDiT)
-MODELS.register('bert_text')(BertText)
-MODELS.register('clip_text')(CLIPText)
-MODELS.register('scene_text')(SceneText)
 MODELS.register('pixart')(PixArt)
 MODELS.register('mmdit')(MMDiT)
 MODELS.register('bert_text')(BertText)

@@ -20,7 +20,6 @@ from visgen.tasks import generation
 from visgen.tasks import instruct_edit
 from visgen.tasks import noisy_classifier
 from visgen.tasks import text_to_image
-from visgen.tasks import text_to_image
 from visgen.tasks import video
 from visgen.tasks.base import Task
 from visgen.tasks.base import check_task
@@ -29,7 +28,6 @@ TASKS = Registry('task')
 TASKS.register('generation')(generation.GenerationTask)
 TASKS.register('noisy_classifier')(noisy_classifier.NoisyClassifierTask)
 TASKS.register('autoencoder')(autoencoder.AutoencoderTask)
-TASKS.register('text_to_image')(text_to_image.TextToImageTask)
 TASKS.register('text_to_image')(text_to_image.TextToImageTask)
 TASKS.register('controlnet')(controlnet.ControlNetTask)
 TASKS.register('instruct_edit')(instruct_edit.InstructEditTask)
