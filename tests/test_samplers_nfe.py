@@ -155,12 +155,7 @@ MULTISTEP = (('unipc', dict(order=2)),
 GMM2 = make_mixture(jax.random.PRNGKey(0), dim=2, num_components=4)
 
 
-# ddpm_linear failed once in the merged tree (after the 1000/T beta rescale);
-# open defect, tracked in the closing note: kept visible as a non-strict xfail.
-@pytest.mark.parametrize('path_name', [
-    pytest.param(n, marks=pytest.mark.xfail(
-        reason='open: ddpm_linear bound after the beta rescale', strict=False))
-    if n == 'ddpm_linear' else n for n in sorted(KINDS)])
+@pytest.mark.parametrize('path_name', sorted(KINDS))
 def test_multistep_solvers_stay_bounded_at_10_nfe(path_name):
   """Every multistep solver, on every grid, at 10 NFE: finite, within 35%
   of the data's RMS norm of the converged solution (the divergence of

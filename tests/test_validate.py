@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
 import time
 
 import jax.numpy as jnp
@@ -205,7 +206,13 @@ def test_background_save_failure_stops_the_next_step(tmp_path, monkeypatch):
   ckpt.save(1, _state(1))
   ckpt.wait()
 
+  released = threading.Event()
+
   def disk_full(*args, **kwargs):
+    # The background write fails only once save() has returned, so the
+    # failure must be found by the polling, whatever the machine's load.
+    if threading.current_thread() is not threading.main_thread():
+      released.wait(120)
     raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path))
 
   # The array write fails in Orbax's background thread, after save().
@@ -215,7 +222,9 @@ def test_background_save_failure_stops_the_next_step(tmp_path, monkeypatch):
                      r'full.*last good checkpoint is step 1'):
     ckpt.save(2, _state(2))
     returned.append(True)
-    for _ in range(200):  # The loop asks every step.
+    released.set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # The loop asks every step.
       ckpt.reached_preemption(2)
       time.sleep(0.05)
   assert returned  # It was a background failure, caught by the polling.
