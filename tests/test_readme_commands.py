@@ -95,3 +95,43 @@ def test_readme_setup_commands_as_written(tmp_path):
   assert second['steps'] == 4
   assert second['final_loss'] == first['final_loss']
   assert second['train_wall_time_s'] > first['train_wall_time_s']
+
+
+def readme_commands(module: str) -> list[list[str]]:
+  """argv (after `-m module`) of every README command running `module`, in
+  ```bash blocks (continuations joined, comments dropped); templates with
+  <placeholders> or [optional parts] are skipped."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = f.read()
+  out = []
+  for block in re.findall(r'```bash\n(.*?)```', readme, re.S):
+    joined = re.sub(r'\\\n\s*', ' ', block)
+    for line in joined.splitlines():
+      line = line.split(' #', 1)[0].strip()
+      if f'-m {module}' not in line or line.startswith('#'):
+        continue
+      argv = shlex.split(line.split('&&')[-1])
+      if any(c in a for a in argv for c in '<['):
+        continue
+      out.append(argv[argv.index(module) + 1:])
+  return out
+
+
+def test_every_readme_training_command_parses_and_validates(monkeypatch):
+  """Every `python -m visgen.main ...` of the README: its flags parse and
+  its config passes validation (nothing is run)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from visgen import main  # pylint: disable=g-import-not-at-top
+  from visgen import validate  # pylint: disable=g-import-not-at-top
+
+  commands = readme_commands('visgen.main')
+  assert len(commands) >= 5, commands
+  monkeypatch.chdir(ROOT)
+  for argv in commands:
+    fv = flags.FlagValues()
+    main._define_flags(fv)  # pylint: disable=protected-access
+    monkeypatch.setattr(sys, 'argv', ['visgen.main', *argv])
+    fv(['visgen.main', *argv])
+    assert fv.workdir, argv
+    validate.check_config(fv.config, mode=fv.mode, device_count=1)
