@@ -22,8 +22,6 @@ import time
 
 from absl import logging
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
 
 from visgen import config_loader
 from visgen import evaluations
@@ -73,52 +71,33 @@ def _eval_steps(config) -> list[int]:
   return steps
 
 
-def plot(curves: dict, path: str, *, floor: float | None,
-         size: tuple[int, int] = (640, 420)) -> None:
-  """Log-log lines of shapes-FID against training seconds (PIL only)."""
-  w, h = size
-  img = Image.new('RGB', size, (255, 255, 255))
-  d = ImageDraw.Draw(img)
-  left, right, top, bottom = 60, w - 170, 20, h - 40
-  xs = [p['train_s'] for c in curves.values() for p in c]
-  ys = [p['shapes_fid'] for c in curves.values() for p in c]
-  if floor:
-    ys += [floor, 4 * floor]
-  lx0, lx1 = np.log10(max(min(xs), 1)), np.log10(max(xs) * 1.1)
-  ly0, ly1 = np.log10(min(ys) * 0.8), np.log10(max(ys) * 1.2)
-  sx = lambda x: left + (np.log10(max(x, 1)) - lx0) / max(lx1 - lx0, 1e-9) * (
-      right - left)
-  sy = lambda y: bottom - (np.log10(y) - ly0) / max(ly1 - ly0, 1e-9) * (
-      bottom - top)
-  d.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-  for e in range(int(np.floor(ly0)), int(np.ceil(ly1)) + 1):
-    for m in (1, 2, 5):
-      y = m * 10.0 ** e
-      if 10 ** ly0 <= y <= 10 ** ly1:
-        d.line([left - 4, sy(y), left, sy(y)], fill=(0, 0, 0))
-        d.text((5, sy(y) - 6), f'{y:g}', fill=(0, 0, 0))
-  for e in range(int(np.floor(lx0)), int(np.ceil(lx1)) + 1):
-    for m in (1, 2, 5):
-      x = m * 10.0 ** e
-      if 10 ** lx0 <= x <= 10 ** lx1:
-        d.line([sx(x), bottom, sx(x), bottom + 4], fill=(0, 0, 0))
-        d.text((sx(x) - 8, bottom + 6), f'{x:g}', fill=(0, 0, 0))
-  d.text(((left + right) // 2 - 60, h - 16), 'training seconds (log)',
-         fill=(0, 0, 0))
-  d.text((left + 4, top + 2), 'shapes-FID (log)', fill=(0, 0, 0))
-  if floor:
-    for y, label in ((floor, 'floor'), (4 * floor, '4x floor')):
-      d.line([left, sy(y), right, sy(y)], fill=(160, 160, 160))
-      d.text((right - 60, sy(y) - 12), label, fill=(120, 120, 120))
+def plot(curves: dict, path: str, *, floor: float | None) -> None:
+  """Log-log lines of shapes-FID against training seconds (matplotlib), with
+  the real-against-real floor and the issue's 4x-floor bound."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
   for i, (name, pts) in enumerate(curves.items()):
-    col = COLOURS[i % len(COLOURS)]
-    xy = [(sx(p['train_s']), sy(p['shapes_fid'])) for p in pts]
-    if len(xy) > 1:
-      d.line(xy, fill=col, width=2)
-    for x, y in xy:
-      d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
-    d.text((right + 8, top + 14 * i), name[:26], fill=col)
-  img.save(path)
+    xs = [p['train_s'] for p in pts]
+    ys = [p['shapes_fid'] for p in pts]
+    ax.plot(xs, ys, 'o-', color=np.array(COLOURS[i % len(COLOURS)]) / 255,
+            label=name)
+  if floor:
+    ax.axhline(floor, color='0.6', ls=':', label=f'floor {floor:.2f}')
+    ax.axhline(4 * floor, color='0.3', ls='--',
+               label=f'4x floor {4 * floor:.1f} (target)')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('training wall clock (s, 2 shared CPU cores)')
+  ax.set_ylabel('shapes-FID')
+  ax.set_title('32x32 shapes scenes, class-conditional')
+  ax.legend(fontsize=7, loc='best')
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def main(argv=None):
@@ -135,6 +114,9 @@ def main(argv=None):
                       help='Curve name (default: the variant string).')
   parser.add_argument('--plot_only', action='store_true',
                       help='Redraw curve.png from curve.json.')
+  parser.add_argument('--add', nargs='*', default=(),
+                      help='NAME=RESULT.json: add the points of a probe run '
+                      '(experiments/shapes_probe.py) as curve NAME.')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   os.makedirs(args.workdir, exist_ok=True)
@@ -143,7 +125,14 @@ def main(argv=None):
   if os.path.exists(path):
     with open(path) as f:
       data = json.load(f)
-  if not args.plot_only:
+  for item in args.add:
+    name, _, file = item.rpartition('=')
+    with open(file) as f:
+      data['curves'][name] = json.load(f)['points']
+  if args.add:
+    with open(path, 'w') as f:
+      json.dump(data, f, indent=1)
+  if not args.plot_only and not args.add:
     config = config_loader.load(
         os.path.join(ROOT, 'configs/shapes.py') + (
             f':{args.variant}' if args.variant else ''))
