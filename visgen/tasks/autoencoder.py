@@ -306,14 +306,19 @@ def codec_from_config(config, frozen_apply) -> LatentCodec | None:
   normalize = spec.pop('normalize', 'scale')
   scale, shift = spec.pop('scale', None), None
   if normalize != 'none' and scale is None:
+    # A workdir, or the directory of a converted weight file
+    # (visgen.convert), holds the statistics.
     source = str(config.frozen[name].get('source', ''))
-    if not source.startswith('workdir:'):
+    kind, _, path = source.partition(':')
+    if kind not in ('workdir', 'npz', 'safetensors'):
       raise ValueError(f'config.task.latent.scale is needed: the frozen '
-                       f'autoencoder {name!r} is no workdir with latent '
+                       f'autoencoder {name!r} has no source with latent '
                        'statistics.')
-    stats = read_latent_stats(source[len('workdir:'):])
-    if normalize == 'scale':
+    stats = read_latent_stats(path if kind == 'workdir'
+                              else os.path.dirname(path))
+    if normalize == 'scale':  # SD (SD3/Flux also shift)
       scale = stats['latent_scale_factor']
+      shift = stats.get('latent_shift_factor')
     else:
       scale = 1.0 / np.asarray(stats['latent_std'])
       shift = np.asarray(stats['latent_mean'])
