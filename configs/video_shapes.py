@@ -14,6 +14,11 @@ of the largest object) or `moving_digits` (grey, 10 classes: the first
 digit), with the video DiT (`visgen/models/video_dit.py`): SANA-style linear
 attention (ReLU kernel), Mix-FFN and 3-D RoPE over (T/2) x (H/4) x (W/4)
 tokens (`attention=softmax` for the softmax baseline of the same family).
+With linear attention the model is block-causal over blocks of `block` = 2
+frames and trained with one noise level per block (diffusion forcing), so
+besides ordinary sampling it rolls out videos of any length block by block
+with a constant-size state (`VideoTask.rollout`; `python -m
+experiments.attention_scaling --parts=rollout --model_workdir=DIR`).
 Rectified flow with velocity prediction, logit-normal times, Heun sampling
 with classifier-free guidance on the label.
 """
@@ -27,12 +32,16 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, dataset='shapes_video',
                              attention='linear', first_frame=False,
                              steps=2000, batch=32, res=16, frames=8,
-                             width=128, depth=4, heads=4, lr=1e-3,
+                             block=2, width=128, depth=4, heads=4, lr=1e-3,
                              sampler_steps=16, cfg_scale=2.0)
   if arg.dataset not in DATASETS:
     raise ValueError(f'Unknown dataset {arg.dataset!r}. Valid choices: '
                      f'{", ".join(DATASETS)}.')
   channels, classes = DATASETS[arg.dataset]
+  # Block-causal with one t per block (diffusion forcing) for linear
+  # attention, so the model can also roll out block by block; block=0:
+  # bidirectional attention over all frames.
+  block = arg.block if arg.attention == 'linear' and arg.block else None
   c = config_lib.base_config()
   c.seed = 0
   c.total_steps = arg.steps
@@ -46,13 +55,15 @@ def get_config(arg=None):
   c.task = dict(name='video', x_shape=(arg.frames, arg.res, arg.res,
                                        channels),
                 num_classes=classes, label_dropout=0.1,
-                first_frame=arg.first_frame, frame_dropout=0.1)
+                first_frame=arg.first_frame, frame_dropout=0.1,
+                block_frames=block)
   c.model = dict(name='video_dit', num_frames=arg.frames,
                  input_size=arg.res, in_channels=channels, patch=(2, 4, 4),
                  width=arg.width, depth=arg.depth, heads=arg.heads,
                  mlp_ratio=2.5, attention=arg.attention,
                  ffn='mix' if arg.attention == 'linear' else 'mlp',
-                 num_classes=classes, first_frame=arg.first_frame)
+                 num_classes=classes, first_frame=arg.first_frame,
+                 block_frames=block)
   c.path = dict(name='linear')
   c.prediction = 'velocity'
   c.weighting = dict(name='uniform')

@@ -74,3 +74,28 @@ def test_image_to_video_sample_keeps_the_first_frame():
   with pytest.raises(UserError, match='first_frame'):
     task.sample({}, {}, {'label': cond['label']}, jax.random.PRNGKey(0),
                  n=2)
+
+
+def test_block_causal_loss_and_constant_state_rollout():
+  from flax import nnx
+  from visgen import models
+  c = _config()
+  assert c.task.block_frames == 2 == c.model.block_frames
+  kw = {k: v for k, v in dict(c.model).items() if k != 'name'}
+  model = models.get_model('video_dit', rngs=nnx.Rngs(0), **kw)
+  graphdef, params = models.split_model(model)
+  task = video.VideoTask(c, apply=models.make_apply(graphdef))
+  batch = _batch(2)
+  loss, aux, _ = jax.jit(task.loss)(params, {}, {}, batch,
+                                    jax.random.PRNGKey(0))
+  assert np.isfinite(float(loss)) and aux['mse'].shape == (4,)  # 2 x 2 blocks
+  cond = task.eval_cond(batch)
+  x, state = task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=6,
+                          guidance=2.0, steps=2, return_state=True)
+  assert x.shape == (2, 6, 8, 8, 3) and np.abs(x).max() <= 1.0
+  np.testing.assert_array_equal(x[:, 0], cond['first_frame'])
+  assert int(state['pos']) == 3  # Three blocks of one token-frame each.
+  assert jax.tree.map(jnp.shape, state) == jax.tree.map(
+      jnp.shape, task.zero_state(2))
+  with pytest.raises(UserError, match='multiple'):
+    task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=5)

@@ -209,8 +209,13 @@ class VideoDiT(nnx.Module):
   # -- Full-sequence forward --------------------------------------------------
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
-               *, train: bool = False, rngs: nnx.Rngs | None = None):
+               *, train: bool = False, rngs: nnx.Rngs | None = None,
+               state: dict | None = None):
+    """The prediction; with `state` (a rollout state) one block step:
+    (prediction, new state), so `make_apply`'s apply reaches `step` too."""
     del train, rngs  # No dropout (condition dropout is the task's).
+    if state is not None:
+      return self.step(x_t, t, state, cond)
     cond = layers.check_cond(cond, self.cond_keys, 'VideoDiT')
     b = x_t.shape[0]
     x, grid = self._embed(x_t, cond)

@@ -19,6 +19,20 @@ samples keep the given first frame as frame 0 (the model generates the
 others; its own frame 0 is replaced). Media are video (`visgen.media`:
 GIF preview and ADM-style .npz), the given first frame shown left of each
 clip.
+
+Block-causal training and rollout (`config.task.block_frames = F`, the same
+as the model's `block_frames`): every block of F frames gets its own time t
+(diffusion forcing, Chen et al. 2024: the loss is the one loop's loss over
+(B * blocks) block-examples, each with its t and noise), so the block-causal
+model learns to denoise a block given past blocks at any noise level,
+clean included. `task.rollout` then generates any number of frames block by
+block with the linear-attention model's constant-size state
+(`VideoDiT.step`, SANA-Video's long-video mode): each block is integrated
+from t = 1 to 0 (Heun on the linear path's velocity, the sampler config's
+steps) given the past's running sums, then its clean frames are fed once at
+t = 0 to commit them. Classifier-free guidance on the label uses the
+conditional state of the past for both halves. Self-forcing (training on
+the model's own rollouts) is not implemented.
 """
 
 from typing import Any
@@ -29,6 +43,7 @@ import numpy as np
 
 from visgen import media as media_lib
 from visgen.data import preprocess
+from visgen.objectives import loss as loss_lib
 from visgen.tasks import base
 from visgen.tasks import generation
 from visgen.tasks import image_cond
@@ -58,6 +73,22 @@ class VideoTask(generation.GenerationTask):
                       f'{self.frame_dropout}.')
     self.config = config
     self.batch_keys = ('video',) + (('label',) if self.num_classes else ())
+    self.block_frames = t.get('block_frames')
+    if self.block_frames is not None:
+      self.block_frames = int(self.block_frames)
+      model_bf = dict(config.model).get('block_frames')
+      if model_bf != self.block_frames:
+        raise UserError(
+            f'config.task.block_frames={self.block_frames} needs a '
+            f'block-causal model with the same blocks; set '
+            f'config.model.block_frames={self.block_frames} (got '
+            f'{model_bf}).')
+      if self.x_shape[0] % self.block_frames:
+        raise UserError(f'block_frames {self.block_frames} must divide the '
+                        f'{self.x_shape[0]} frames of config.task.x_shape.')
+      if self.learned_variance is not None or self.precond != 'none':
+        raise UserError('Block-causal (diffusion forcing) training supports '
+                        'no learned variance or input preconditioning.')
 
   # -- Batch -> (x0, cond) ------------------------------------------------------
 
@@ -94,6 +125,31 @@ class VideoTask(generation.GenerationTask):
         ff = jnp.where(drop[:, None, None, None], 0.0, ff)
       out['first_frame'] = ff
     return out
+
+  # -- Training -----------------------------------------------------------------
+
+  def loss(self, params, frozen, task_state, batch, key):
+    """GenerationTask's loss; with block_frames, one t per block."""
+    if self.block_frames is None:
+      return super().loss(params, frozen, task_state, batch, key)
+    k_drop, k_loss, k_model = jax.random.split(key, 3)
+    x0 = self.to_x0(batch)
+    b, f = x0.shape[0], self.block_frames
+    nb = self.x_shape[0] // f
+    cond = self.cond(batch, k_drop)
+    net = self.network(params, rngs=k_model, train=True)
+
+    def per_block(x_t, t, _):
+      out = net(x_t.reshape((b,) + self.x_shape), t.reshape(b, nb), cond)
+      return out.reshape(x_t.shape)
+
+    time_state = (task_state or {}).get('time_dist')
+    loss, aux = loss_lib.unified_loss(
+        per_block, x0=x0.reshape((b * nb, f) + self.x_shape[1:]), cond=None,
+        key=k_loss, path=self.path, prediction=self.prediction,
+        weighting=self.weighting, time_dist=self.time_dist,
+        time_state=time_state)
+    return loss, {'mse': aux['mse']}, self.update_state(task_state, aux)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     spec = {'video': jax.ShapeDtypeStruct((batch_size,) + self.x_shape,
@@ -133,6 +189,83 @@ class VideoTask(generation.GenerationTask):
     if self.first_frame:
       x = x.at[:, 0].set(jnp.asarray(cond['first_frame'], x.dtype))
     return x
+
+  def rollout(self, params, cond: dict, key: jax.Array, *, num_frames: int,
+              guidance: Any = 1.0, steps: int | None = None,
+              return_state: bool = False):
+    """num_frames frames, block by block with a constant-size state (module
+    docstring); returns (B, num_frames, H, W, C) in [-1, 1] (host numpy)."""
+    f = self.block_frames
+    if f is None:
+      raise UserError('rollout needs a block-causal model and task: set '
+                      'config.task.block_frames and config.model.block_frames '
+                      '(with attention=linear).')
+    if num_frames % f:
+      raise UserError(f'num_frames {num_frames} must be a multiple of '
+                      f'block_frames {f}.')
+    if self.path.name != 'linear' or self.prediction != 'velocity':
+      raise UserError('rollout integrates the linear path with velocity '
+                      f'prediction; this task has {self.path.name!r} / '
+                      f'{self.prediction!r}.')
+    if self.first_frame and 'first_frame' not in cond:
+      raise UserError("Image-to-video rollout needs cond['first_frame'].")
+    cond = {k: jnp.asarray(v) for k, v in cond.items()}
+    n = int(next(iter(cond.values())).shape[0]) if cond else 1
+    steps = int(steps or dict(self.sampler_cfg)['steps'])
+    if not hasattr(self, '_rollout_block'):
+      self._rollout_block = jax.jit(self._block_fn, static_argnums=(6,))
+    state = self.zero_state(n)
+    frames = []
+    for i, k in enumerate(jax.random.split(key, num_frames // f)):
+      x, state = self._rollout_block(params, state, k, cond,
+                                     jnp.asarray(guidance, jnp.float32),
+                                     jnp.asarray(i == 0), (n, steps))
+      frames.append(np.asarray(x))
+    out = np.concatenate(frames, axis=1)
+    return (out, state) if return_state else out
+
+  def zero_state(self, n: int) -> dict:
+    """`VideoDiT.init_state(n)` from the model config (the task holds no
+    module): zero sums per layer and head, position 0."""
+    m = dict(self.config.model)
+    depth, heads, width = int(m['depth']), int(m['heads']), int(m['width'])
+    dh = width // heads
+    return {'s': jnp.zeros((depth, n, heads, dh, dh), jnp.float32),
+            'z': jnp.zeros((depth, n, heads, dh), jnp.float32),
+            'pos': jnp.zeros((), jnp.int32)}
+
+  def _block_fn(self, params, state, key, cond, guidance, first, static):
+    """One block: (frames (n, F, H, W, C), the state including them)."""
+    n, steps = static
+    f, shape = self.block_frames, self.x_shape[1:]
+    null = dict(cond)
+    if self.num_classes:
+      null['label'] = jnp.full_like(cond['label'], self.num_classes)
+
+    def velocity(x, t):
+      tb = jnp.full((n,), t)
+      v, _ = self.apply(params, x, tb, cond, state=state)
+      if not self.num_classes:
+        return v
+      u, _ = self.apply(params, x, tb, null, state=state)
+      return u + guidance * (v - u)
+
+    ts = jnp.linspace(1.0, 0.0, steps + 1)
+
+    def body(i, x):
+      t0, t1 = ts[i], ts[i + 1]
+      d1 = velocity(x, t0)
+      x_e = x + (t1 - t0) * d1
+      d2 = velocity(x_e, t1)
+      return jnp.where(t1 > 0, x + (t1 - t0) * 0.5 * (d1 + d2), x_e)
+
+    x = jax.random.normal(key, (n, f) + shape)
+    x = jax.lax.fori_loop(0, steps, body, x)
+    if self.first_frame:  # The given frame is frame 0 of the video.
+      x = jnp.where(first, x.at[:, 0].set(cond['first_frame']), x)
+    x = jnp.clip(x, -1.0, 1.0)
+    _, new_state = self.apply(params, x, jnp.zeros((n,)), cond, state=state)
+    return x, new_state
 
   def to_media(self, samples, cond: dict) -> media_lib.Media:
     m = base.array_media(samples, cond, x_shape=self.x_shape,
