@@ -266,3 +266,50 @@ def test_wall_time_accumulates_across_resumes(tmp_path):
   assert 100.0 <= ckpt.prior_wall_time_s < 110.0
   assert 105.0 <= ckpt.elapsed_s() < 120.0
   ckpt.close()
+
+
+def test_failed_save_shows_only_our_line_unless_verbose(tmp_path):
+  """Orbax's own error records are dropped (the checkpointer reports the
+  failure in one line) unless --verbose; tensorstore's disk-full error is
+  named as the OSError it wraps, with the file."""
+  import logging  # pylint: disable=g-import-not-at-top
+
+  def record(path, level):
+    return logging.LogRecord('absl', level, path, 1, 'msg', (), None)
+
+  orbax = '/venv/site-packages/orbax/checkpoint/_src/futures/future.py'
+  quiet = logging_lib._DropLibraryInfo()  # pylint: disable=protected-access
+  loud = logging_lib._DropLibraryInfo(verbose=True)  # pylint: disable=protected-access
+  assert not quiet.filter(record(orbax, logging.ERROR))
+  assert loud.filter(record(orbax, logging.ERROR))
+  assert not quiet.filter(record(orbax, logging.INFO))
+  assert quiet.filter(record(orbax, logging.WARNING))
+  assert quiet.filter(record('/work/visgen/train.py', logging.ERROR))
+
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep_last=1)
+  tensorstore_error = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/2.orbax-'
+      'checkpoint-tmp/_sharding": Failed writing: "/w/x.__lock": Failed to '
+      "write 15450 bytes to file 8: No space left on device "
+      "[os_error_code='28']")
+  msg = str(ckpt._save_error(tensorstore_error, 2))  # pylint: disable=protected-access
+  assert msg.startswith('Could not save the checkpoint of step 2')
+  assert ('No space left on device (/w/checkpoints/2.orbax-checkpoint-tmp/'
+          '_sharding); the disk is full') in msg
+  assert 'RESOURCE_EXHAUSTED' not in msg and 'no earlier checkpoint' in msg
+  ckpt.close()
+
+
+def test_metric_writer_closes_quietly_at_exit_on_a_full_disk(tmp_path):
+  writer = logging_lib.MetricWriter(str(tmp_path))
+  writer.write_scalars(1, {'loss': 1.0})
+  (ev,) = [w.event_writer for w in writer._tb.all_writers.values()]  # pylint: disable=protected-access
+
+  def full(*_):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  ev.flush = full
+  writer._close_at_exit()  # pylint: disable=protected-access  # no raise
+  assert ev._closed and not ev._worker.is_alive()  # pylint: disable=protected-access
+  ev.close()  # tensorboardX's own exit hook now has nothing to do.
+  writer._close_at_exit()  # pylint: disable=protected-access  # idempotent

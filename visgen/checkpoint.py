@@ -21,8 +21,10 @@ one file per process) and 'meta' (a fingerprint of the model and config).
   `elapsed_s()` covers every segment of a resumed run.
 """
 
+import errno
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -205,7 +207,12 @@ class Checkpointer:
            else f'{type(cause).__name__}: {cause}')
     if not isinstance(cause, OSError) and (
         'No space left' in why or "os_error_code='28'" in why):
-      why += ' (the disk is full: free space or use another --workdir)'
+      # Tensorstore's error (a ValueError naming every temporary file) as
+      # the OSError it wraps; the whole text is in the --verbose traceback.
+      where = re.search(r'local file "([^"]+)"', why)
+      why = validate.describe_os_error(OSError(
+          errno.ENOSPC, 'No space left on device',
+          where.group(1) if where else None))
     kept = (f'the last good checkpoint is step {last_good}, kept in '
             f'{self.directory}' if last_good is not None else
             'no earlier checkpoint exists')

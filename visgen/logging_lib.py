@@ -12,6 +12,7 @@ full disk never leaves a half-written metrics.json, config.json or PNG; JSON
 is strict (`json_safe`: NaN and infinities become null).
 """
 
+import atexit
 import contextlib
 import json
 import math
@@ -117,6 +118,10 @@ class MetricWriter:
       import tensorboardX
 
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
+      # Runs before tensorboardX's own exit hook (atexit is last-in,
+      # first-out): a run that stopped on a full disk must not end with
+      # its flush tracebacks after the run's error line.
+      atexit.register(self._close_at_exit)
 
   def write_scalars(self, step: int, scalars: dict[str, Any]):
     if not self.active:
@@ -151,7 +156,25 @@ class MetricWriter:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
-      self._tb.close()
+      tb, self._tb = self._tb, None
+      tb.close()
+
+  def _close_at_exit(self):
+    """Closes TensorBoard's files at exit if the run did not (it stopped on
+    an error); an unwritable disk loses the last events, silently."""
+    if self._tb is None:
+      return
+    tb, self._tb = self._tb, None
+    for w in list((tb.all_writers or {}).values()):
+      ev = w.event_writer
+      try:
+        ev.close()
+      except OSError:
+        # Stop the worker thread and mark the file closed, so that
+        # tensorboardX's exit hook has nothing left to flush.
+        with contextlib.suppress(Exception):
+          ev._worker.stop()  # pylint: disable=protected-access
+        ev._closed = True  # pylint: disable=protected-access
 
 
 def _fmt_time(seconds: float) -> str:
@@ -181,26 +204,35 @@ class Progress:
 class _DropLibraryInfo:
   """Filters INFO records of chatty libraries (Orbax logs every save step).
 
-  Orbax's errors keep their message but lose the traceback: the checkpointer
-  reports a failed save itself, in one line that says what to do.
+  Orbax's errors are dropped too: every one of them is a failed save or
+  restore that the checkpointer turns into the run's one error line (what
+  failed, why, what is kept, what to do). With `verbose` they are kept,
+  tracebacks included.
   """
+
+  def __init__(self, verbose: bool = False):
+    self.verbose = verbose
 
   def filter(self, record) -> bool:
     if 'asyncio' in record.pathname:
       # Orbax's failed background writes resurface at exit as "exception
       # was never retrieved" with a traceback each: already reported.
-      return 'orbax-checkpoint-tmp' not in record.getMessage()
+      return self.verbose or 'orbax-checkpoint-tmp' not in record.getMessage()
     if 'orbax' not in record.pathname:
       return True
     if record.levelno >= 40:
-      record.exc_info, record.exc_text = None, None
+      return self.verbose
     return record.levelno > 20
 
 
-def quiet_library_logs():
+def quiet_library_logs(verbose: bool = False):
+  """Installs the filter on absl's handler (once; `verbose` updates it)."""
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
-    handler.addFilter(_DropLibraryInfo())
+  for f in handler.filters:
+    if isinstance(f, _DropLibraryInfo):
+      f.verbose = verbose
+      return
+  handler.addFilter(_DropLibraryInfo(verbose))
 
 
 def log_parameter_overview(params) -> int:

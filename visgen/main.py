@@ -178,7 +178,7 @@ def run(config, workdir: str | None, mode: str = 'train', *,
     _maybe_init_distributed()
     from visgen import logging_lib  # pylint: disable=g-import-not-at-top
 
-    logging_lib.quiet_library_logs()
+    logging_lib.quiet_library_logs(verbose)
     validate.check_config(config, mode=mode)
     # pylint: disable=g-import-not-at-top
     from visgen import sample
