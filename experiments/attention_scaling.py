@@ -25,6 +25,11 @@ constant-state block rollout's memory against video length.
    grows), (b) the block-causal full-sequence forward (training-style, all
    frames at once) and (c) the key-value cache a softmax model would keep.
    Each length is also run end to end (wall clock reported).
+3. `trained` (with --model_config and --model_workdir): the same rollout
+   with a trained block-causal video model (`configs/video_shapes.py`,
+   `VideoTask.rollout`), 16 / 64 / 256 frames of 4 class-conditional
+   videos written as DIR/rollout_<frames>.gif and .npz, with the compiled
+   peak of its per-block program and the state size.
 
 Writes DIR/results.json {"attention_scaling": [{"tokens", "linear_s",
 "softmax_s", "linear_gib", "softmax_gib"}, ...], "slopes": {...},
@@ -248,20 +253,63 @@ def rollout_memory(frames=(16, 64, 256), *, steps: int = 4, batch: int = 1,
   return out
 
 
+def trained_rollout(config_spec: str, model_workdir: str, out_dir: str,
+                    frames=(16, 64, 256), *, n: int = 4, log=print) -> dict:
+  """Rollouts of a trained block-causal video model (part 3)."""
+  from visgen import builder  # pylint: disable=g-import-not-at-top
+  from visgen import config_loader  # pylint: disable=g-import-not-at-top
+  from visgen import media as media_lib  # pylint: disable=g-import-not-at-top
+  config = config_loader.load(config_spec)
+  b, state, step = builder.restore(config, model_workdir)
+  params = builder.first_ema(state)
+  task = b.task
+  cond = task.sample_cond(n)
+  guidance = float(dict(config.sampler).get('cfg_scale', 1.0))
+  out = {'config': config_spec, 'checkpoint_step': int(step), 'n': n,
+         'by_frames': {}}
+  for f in frames:
+    t0 = time.perf_counter()
+    x, st = task.rollout(params, cond, jax.random.PRNGKey(f), num_frames=f,
+                         guidance=guidance, return_state=True)
+    wall = time.perf_counter() - t0
+    jcond = {k: jnp.asarray(v) for k, v in cond.items()}
+    compiled = task._rollout_block.lower(  # pylint: disable=protected-access
+        params, task.zero_state(n), jax.random.PRNGKey(0), jcond,
+        jnp.float32(guidance), jnp.asarray(True),
+        (n, int(dict(config.sampler)['steps']))).compile()
+    state_bytes = sum(a.nbytes for a in jax.tree.leaves(st))
+    row = {'wall_s': wall, 'block_program_gib': compiled_bytes(compiled) / GIB,
+           'state_gib': state_bytes / GIB,
+           'rollout_gib': (compiled_bytes(compiled) + state_bytes) / GIB}
+    media_lib.write_samples(os.path.join(out_dir, f'rollout_{f}'),
+                            task.to_media(x, cond))
+    out['by_frames'][str(f)] = row
+    log(f'  trained rollout frames={f}: ' + ', '.join(
+        f'{k}={v:.4g}' for k, v in row.items()))
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--workdir', required=True)
   ap.add_argument('--parts', default='attention,rollout',
-                  help='comma-separated: attention, rollout')
+                  help='comma-separated: attention, rollout, trained')
   ap.add_argument('--tokens', default=','.join(map(str, TOKENS)))
   ap.add_argument('--max_run_gib', type=float, default=6.0,
                   help='compile but do not time programs above this peak')
   ap.add_argument('--frames', default='16,64,256')
+  ap.add_argument('--model_config', default='configs/video_shapes.py',
+                  help='part trained: the config the model was trained with')
+  ap.add_argument('--model_workdir', default=None,
+                  help='part trained: the trained model\'s workdir')
   args = ap.parse_args(argv)
   parts = set(args.parts.split(','))
-  bad = parts - {'attention', 'rollout'}
+  bad = parts - {'attention', 'rollout', 'trained'}
   if bad:
-    ap.error(f'unknown parts {sorted(bad)}; valid: attention, rollout')
+    ap.error(f'unknown parts {sorted(bad)}; valid: attention, rollout, '
+             'trained')
+  if 'trained' in parts and not args.model_workdir:
+    ap.error('part trained needs --model_workdir (and --model_config)')
   os.makedirs(args.workdir, exist_ok=True)
   path = os.path.join(args.workdir, 'results.json')
   results = {}
@@ -298,6 +346,11 @@ def main(argv=None):
       print(f"| {n} | {r['rollout_gib']:.4f} | {r['scan_temp_gib']:.4f} | "
             f"{r['full_sequence_gib']:.4f} | "
             f"{r['softmax_kv_cache_gib']:.4f} | {r.get('wall_s', 0):.1f} |")
+  if 'trained' in parts:
+    print('trained block rollout:')
+    results['trained_rollout'] = trained_rollout(
+        args.model_config, args.model_workdir, args.workdir,
+        [int(n) for n in args.frames.split(',')])
   results['wall_time_s'] = time.time() - t0  # Of this invocation.
   with open(path, 'w') as f:
     json.dump(results, f, indent=1)

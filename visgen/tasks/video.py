@@ -90,7 +90,7 @@ class VideoTask(generation.GenerationTask):
         raise UserError('Block-causal (diffusion forcing) training supports '
                         'no learned variance or input preconditioning.')
 
-  # -- Batch -> (x0, cond) ------------------------------------------------------
+  # -- Batch -> (x0, cond) ----------------------------------------------------
 
   def clip(self, batch: dict) -> jax.Array:
     if 'video' not in batch:
@@ -126,7 +126,7 @@ class VideoTask(generation.GenerationTask):
       out['first_frame'] = ff
     return out
 
-  # -- Training -----------------------------------------------------------------
+  # -- Training ---------------------------------------------------------------
 
   def loss(self, params, frozen, task_state, batch, key):
     """GenerationTask's loss; with block_frames, one t per block."""
@@ -158,7 +158,7 @@ class VideoTask(generation.GenerationTask):
       spec['label'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     return spec
 
-  # -- Sampling -----------------------------------------------------------------
+  # -- Sampling ---------------------------------------------------------------
 
   def sample_cond(self, spec) -> dict[str, np.ndarray]:
     """Labels cycling through the classes (or {'per_class': m}) and, for
