@@ -38,18 +38,19 @@ def base_model(res: int, width: int, runlocal: bool) -> dict:
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, base='', control='edges',
+  arg = config_lib.parse_arg(arg, runlocal=False, res=RES,
+                             base='', control='edges',
                              steps=1500, batch=32, lr=1e-3, width=32,
                              hint_width=16, control_scale=1.0,
                              sampler_steps=16, cfg_scale=2.0)
   c = config_lib.base_config()
-  res = 8 if arg.runlocal else RES
+  res = 8 if arg.runlocal else arg.res
   c.total_steps = arg.steps
   c.log_every = 100
   c.ckpt_every = 500
   c.ema_decays = (0.999,)
   c.ema_warmup = True
-  c.data = dict(name='shapes', resolution=RES, batch_size=arg.batch,
+  c.data = dict(name='shapes', resolution=res, batch_size=arg.batch,
                 num_threads=2)
   base = base_model(res, arg.width, arg.runlocal)
   hint = image_cond.CONTROLS[image_cond.check_kind(arg.control,

@@ -23,11 +23,12 @@ RES = 32
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, source='edges',
+  arg = config_lib.parse_arg(arg, runlocal=False, res=RES,
+                             source='edges',
                              path='bridge_vp', steps=2000, batch=32, lr=1e-3,
                              width=32, sampler_steps=5, churn=0.33)
   c = config_lib.base_config()
-  res = 8 if arg.runlocal else RES
+  res = 8 if arg.runlocal else arg.res
   c.total_steps = arg.steps
   c.log_every = 100
   c.ckpt_every = 500
@@ -35,7 +36,7 @@ def get_config(arg=None):
   c.ema_warmup = True
   edit = arg.source == 'image'
   dataset = 'shapes_edit' if edit else 'shapes'
-  c.data = dict(name=dataset, resolution=RES, batch_size=arg.batch,
+  c.data = dict(name=dataset, resolution=res, batch_size=arg.batch,
                 num_threads=2)
   c.task = dict(name='bridge', source=arg.source,
                 target='edited_image' if edit else 'image',

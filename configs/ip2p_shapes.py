@@ -22,18 +22,19 @@ MAX_LEN = 10
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, base='', steps=2000,
+  arg = config_lib.parse_arg(arg, runlocal=False, res=RES,
+                             base='', steps=2000,
                              batch=32, lr=1e-3, width=32, sampler_steps=16,
                              cfg_scale=3.0, image_cfg_scale=1.5)
   c = config_lib.base_config()
-  res = 8 if arg.runlocal else RES
+  res = 8 if arg.runlocal else arg.res
   c.total_steps = arg.steps
   c.log_every = 100
   c.ckpt_every = 500
   c.ema_decays = (0.999,)
   c.ema_warmup = True
   tok = dict(name='scene_words', max_len=MAX_LEN, keys=('instruction',))
-  c.data = dict(name='shapes_edit', resolution=RES, batch_size=arg.batch,
+  c.data = dict(name='shapes_edit', resolution=res, batch_size=arg.batch,
                 num_threads=2, tokenizer=tok)
   unet = dict(name='unet', input_size=res, in_channels=3, patch=2,
               model_channels=arg.width, channel_mult=(1, 2, 2),

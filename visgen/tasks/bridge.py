@@ -76,7 +76,7 @@ class BridgeTask(generation.GenerationTask):
         k for k in image_cond.batch_keys(self.source_kind)
         if k != self.target_key)
 
-  # -- Batch -> (x0, y) ---------------------------------------------------------
+  # -- Batch -> (x0, y) -----------------------------------------------------
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
     del frozen, key
@@ -107,7 +107,7 @@ class BridgeTask(generation.GenerationTask):
     return self.path.sample_xt(x0=x0, eps=eps, t=t,
                                y=y if self.is_bridge else None)
 
-  # -- Training -----------------------------------------------------------------
+  # -- Training -------------------------------------------------------------
 
   def loss(self, params, frozen, task_state, batch, key):
     del frozen
@@ -123,7 +123,7 @@ class BridgeTask(generation.GenerationTask):
         y=cond['concat'] if self.is_bridge else None)
     return loss, {'mse': aux['mse']}, self.update_state(task_state, aux)
 
-  # -- Sampling -----------------------------------------------------------------
+  # -- Sampling -------------------------------------------------------------
 
   def sample_cond(self, spec) -> dict[str, np.ndarray]:
     n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)

@@ -82,7 +82,7 @@ class ControlNetTask(generation.GenerationTask):
     self.batch_keys = ('image',) + (('label',) if self.num_classes else ()
                                     ) + image_cond.batch_keys(self.control)
 
-  # -- Batch -> (x0, cond) ------------------------------------------------------
+  # -- Batch -> (x0, cond) --------------------------------------------------
 
   def control_map(self, batch: dict) -> jax.Array:
     return image_cond.control_map(batch, self.control, self.size,
@@ -98,7 +98,7 @@ class ControlNetTask(generation.GenerationTask):
     spec.update(image_cond.batch_spec(self.control, batch_size, self.size))
     return spec
 
-  # -- The controlled network ---------------------------------------------------
+  # -- The controlled network -----------------------------------------------
 
   def network(self, params, frozen=None, *, control_scale=None,
               extra_controls: Sequence[tuple] = (), **apply_kw):
@@ -136,7 +136,7 @@ class ControlNetTask(generation.GenerationTask):
     fn = lambda x_t, t, cond: base_apply(base_params, x_t, t, cond)
     return precond_lib.precondition(fn, path=self.path, mode=self.precond)
 
-  # -- Training -----------------------------------------------------------------
+  # -- Training -------------------------------------------------------------
 
   def loss(self, params, frozen, task_state, batch, key):
     k_drop, k_loss, k_model = jax.random.split(key, 3)
@@ -149,7 +149,7 @@ class ControlNetTask(generation.GenerationTask):
         time_dist=self.time_dist, time_state=time_state)
     return loss, {'mse': aux['mse']}, self.update_state(task_state, aux)
 
-  # -- Sampling -----------------------------------------------------------------
+  # -- Sampling -------------------------------------------------------------
 
   def sample_cond(self, spec) -> dict[str, np.ndarray]:
     """Control maps (and labels) of the first n held-out scenes."""

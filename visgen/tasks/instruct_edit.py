@@ -71,7 +71,7 @@ class InstructEditTask(generation.GenerationTask):
     self.config = config
     self.batch_keys = (self.source_key, self.target_key, self.text_key)
 
-  # -- Batch -> (x0, cond) ------------------------------------------------------
+  # -- Batch -> (x0, cond) --------------------------------------------------
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
     del frozen, key
@@ -124,7 +124,7 @@ class InstructEditTask(generation.GenerationTask):
             self.text_key: jax.ShapeDtypeStruct((batch_size, self.max_len),
                                                 jnp.int32)}
 
-  # -- Sampling -----------------------------------------------------------------
+  # -- Sampling -------------------------------------------------------------
 
   def sample_cond(self, spec) -> dict[str, np.ndarray]:
     n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
