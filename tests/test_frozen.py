@@ -32,11 +32,7 @@ MODEL = dict(name='mlp', dim=4, width=8, depth=1, num_classes=2,
              dtype='float32')
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
+pytestmark = pytest.mark.usefixtures('fast_compile')  # tests/conftest.py
 
 
 def _params(seed=0, **kw):

@@ -35,11 +35,7 @@ MLP_PATHS = [
     't_embed/fc2/bias', 't_embed/fc2/kernel', 'y_embed/table']
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
+pytestmark = pytest.mark.usefixtures('fast_compile')  # tests/conftest.py
 
 
 def _mlp(seed=0, **kw):
