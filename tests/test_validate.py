@@ -173,13 +173,23 @@ def _state(v):
   return {'w': jnp.full((4,), v, jnp.float32)}
 
 
-def test_refused_save_names_cause_and_last_good_step(tmp_path, monkeypatch):
+def _saved_once(tmp_path):
+  """A checkpointer whose step 1 is committed (the last good one)."""
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep_last=3)
   ckpt.save(1, _state(1))
   ckpt.wait()
+  return ckpt
+
+
+def _disk_full(tmp_path):
+  return OSError(errno.ENOSPC, 'No space left on device', str(tmp_path))
+
+
+def test_refused_save_names_cause_and_last_good_step(tmp_path, monkeypatch):
+  ckpt = _saved_once(tmp_path)
 
   def disk_full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path))
+    raise _disk_full(tmp_path)
 
   monkeypatch.setattr(ckpt.mngr, 'save', disk_full)
   with pytest.raises(ckpt_lib.CheckpointSaveError, match=r'step 2 .*disk is '
@@ -189,9 +199,7 @@ def test_refused_save_names_cause_and_last_good_step(tmp_path, monkeypatch):
 
 
 def test_unmakeable_step_folder_fails_in_save(tmp_path):
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep_last=3)
-  ckpt.save(1, _state(1))
-  ckpt.wait()
+  ckpt = _saved_once(tmp_path)
   # The checkpoint folder turns into a file: the step folder cannot be made.
   shutil.move(str(ckpt.directory), str(tmp_path / 'moved'))
   (tmp_path / 'checkpoints').write_text('x')
@@ -202,9 +210,7 @@ def test_unmakeable_step_folder_fails_in_save(tmp_path):
 def test_background_save_failure_stops_the_next_step(tmp_path, monkeypatch):
   import tensorstore  # pylint: disable=g-import-not-at-top
 
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep_last=3)
-  ckpt.save(1, _state(1))
-  ckpt.wait()
+  ckpt = _saved_once(tmp_path)
 
   released = threading.Event()
 
@@ -213,7 +219,7 @@ def test_background_save_failure_stops_the_next_step(tmp_path, monkeypatch):
     # failure must be found by the polling, whatever the machine's load.
     if threading.current_thread() is not threading.main_thread():
       released.wait(120)
-    raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path))
+    raise _disk_full(tmp_path)
 
   # The array write fails in Orbax's background thread, after save().
   monkeypatch.setattr(tensorstore, 'open', disk_full)
