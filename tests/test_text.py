@@ -461,3 +461,48 @@ def test_text_to_image_task_contract_and_two_train_steps(built):
              builder.guidance_scale(built.config))
   media = task.to_media(x, cond)
   assert media.samples.shape == (3, 8, 8, 3) and media.kind == 'image'
+
+
+def test_frozen_text_encoder_and_empty_prompt_dropout(tmp_path):
+  """task.text_encoder names a frozen component (here a scene_text encoder
+  from an .npz): the task embeds captions with it, and null='empty' drops a
+  caption to the embedding of the empty prompt."""
+  enc_kw = dict(name='scene_text', width=16, depth=1, heads=2, max_len=20)
+  enc = te.SceneText(rngs=nnx.Rngs(3), **{k: v for k, v in enc_kw.items()
+                                          if k != 'name'})
+  path = str(tmp_path / 'enc.npz')
+  weights.save_npz(path, functional.split_model(enc)[1])
+  c = t2i_config(null='empty')
+  c.frozen.text_encoder = dict(model=enc_kw, source='npz:' + path)
+  c.task.text_encoder = 'text_encoder'
+  c.model = dict(name='pixart', input_size=8, in_channels=3, patch=4,
+                 width=16, depth=1, heads=2, text_dim=16, pooled_dim=16)
+  b = builder.build(c)
+  task, frozen = b.task, b.frozen.params
+  cond = task.prompt_cond(['a small red circle'] * 32)
+  batch = {'caption_tokens': cond['text_tokens'],
+           'caption_mask': cond['text_mask']}
+
+  @jax.jit
+  def run(frozen):
+    return (task.train_cond(frozen, batch, jax.random.key(0)),
+            task.null_cond(frozen, 1), task.encode(frozen, batch[
+                'caption_tokens'], batch['caption_mask'], False))
+
+  dropped, empty, kept = run(frozen)
+  assert set(dropped) == {'text', 'text_mask', 'text_pooled', 'text_null'}
+  assert not np.any(dropped['text_null'])
+  is_empty = ~np.asarray(dropped['text_mask']).any(axis=1)
+  assert 5 < is_empty.sum() < 27  # p = 0.5, per sample
+  for k in ('text', 'text_pooled'):
+    np.testing.assert_allclose(np.asarray(dropped[k])[is_empty],
+                               np.broadcast_to(empty[k], (int(
+                                   is_empty.sum()),) + empty[k].shape[1:]),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dropped[k])[~is_empty],
+                               np.asarray(kept[k])[~is_empty], rtol=1e-6,
+                               atol=1e-6)
+  # The frozen encoder is the saved one: same output as the module itself.
+  _, pooled = enc(batch['caption_tokens'][:1], batch['caption_mask'][:1])
+  np.testing.assert_allclose(kept['text_pooled'][:1], pooled, rtol=1e-5,
+                             atol=1e-5)
