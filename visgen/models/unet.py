@@ -167,6 +167,10 @@ class AttnBlock(nnx.Module):
     a, _ = self.attn(self.norm(x).reshape(b, h * w, c))
     x = x + a.reshape(b, h, w, c)
     if self.cross is not None:
+      if ctx is None:
+        raise ValueError('This U-Net attention block cross-attends to text '
+                         '(text_dim / text_encoder) but got no text context; '
+                         'call it with the text (UNet passes it).')
       tokens = x.reshape(b, h * w, c)
       x = x + self.cross(layers.layer_norm(tokens), context=ctx,
                          key_mask=ctx_mask).reshape(b, h, w, c)
