@@ -192,8 +192,13 @@ def mesh_and_sharding(kind: str = 'dp') -> dict:
               fsdp_fallback_axis='fsdp', min_size_to_shard_mb=4.0)
 
 
-def base_config() -> mlc.ConfigDict:
-  """Fields every experiment has; configs fill in the rest."""
+def base_config(**overrides: Any) -> mlc.ConfigDict:
+  """Fields every experiment has; configs fill in the rest.
+
+  `overrides` replace defaults of those fields, e.g.
+  base_config(total_steps=2000, ckpt_every=1000, ema_decays=(0.999,)); a
+  name that is not a field raises (a typo must not add a dead key).
+  """
   c = mlc.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
@@ -211,6 +216,11 @@ def base_config() -> mlc.ConfigDict:
   c.sharding = mesh_and_sharding('dp')
   c.frozen = mlc.ConfigDict()
   c.init_from = init_from()
+  unknown = sorted(set(overrides) - set(c.keys()))
+  if unknown:
+    raise ValueError(f'base_config() has no fields {unknown}; its fields: '
+                     f'{", ".join(sorted(c.keys()))}.')
+  c.update(overrides)
   return c
 
 
@@ -267,13 +277,8 @@ def noisy_classifier(arg, *, data: dict, num_classes: int, x_shape: tuple,
   as the quickstart); the MLP reads flattened pixels (`flatten` defaults to
   arch == 'mlp'; the conv net reads either).
   """
-  c = base_config()
-  c.seed = 0
-  c.total_steps = arg.steps
-  c.log_every = 250
-  c.ckpt_every = 1000
-  c.ema_decays = (0.999,)
-  c.ema_warmup = True
+  c = base_config(seed=0, total_steps=arg.steps, log_every=250,
+                  ckpt_every=1000, ema_decays=(0.999,), ema_warmup=True)
   c.data = data
   c.task = dict(name='noisy_classifier', num_classes=num_classes,
                 flatten=arg.arch == 'mlp' if flatten is None else flatten,

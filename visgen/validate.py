@@ -504,6 +504,9 @@ def check_sampler(sampler, path, *, prediction=None) -> None:
           interval, (tuple, list)) else interval,
                  '(t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1',
                  'e.g. --config.sampler.cfg_interval="(0.0, 1.0)"')
+  final = kw.pop('denoise_final', False)  # samplers.sample's, for all.
+  if not isinstance(final, bool):
+    raise _bad('sampler.denoise_final', final, 'true or false')
   channels = kw.pop('cfg_channels', 0)
   if channels is not None:
     check_int('sampler.cfg_channels', channels, lo=0)
