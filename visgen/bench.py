@@ -125,44 +125,73 @@ def synthetic_batch(b, batch_size: int) -> dict:
       b.mesh, b.config.sharding.rules))
 
 
+class TrainBench:
+  """The project's train step, compiled and warmed up; `round(n)` times n
+  more steps (so that rounds can alternate with a peer's)."""
+
+  def __init__(self, config, mesh):
+    from visgen import builder  # pylint: disable=g-import-not-at-top
+
+    self.knobs = dict(bench_config.bench_defaults(),
+                      **dict(config.get('bench', {})))
+    self.config = config
+    self.b = builder.build(config, mesh)
+    self.state = builder.create_state(self.b, jax.random.key(1))
+    self.n_params = sum(x.size for x in jax.tree.leaves(
+        self.state['params']))
+    self.batch_size = int(config.data.batch_size)
+    self.batch = synthetic_batch(self.b, self.batch_size)
+    self.rng = jax.random.key(2)
+    self.frozen = self.b.frozen.params
+    self.compiled, self.res = _compile(
+        builder.make_train_step(self.b), self.state, self.frozen, self.batch,
+        self.rng)
+    self.losses = []
+    self.warmup_times = self.round(self.knobs['warmup_steps'])
+    self.times, self.usage = [], {}
+
+  def round(self, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.frozen,
+                                          self.batch, self.rng)
+      jax.block_until_ready((self.state, metrics))
+      times.append(time.perf_counter() - t0)
+      self.losses.append(float(metrics['loss']))
+    return times
+
+  def timed_round(self, steps: int) -> list[float]:
+    """A measured round: its times and resource usage count in `results`."""
+    u = _usage()
+    times = self.round(steps)
+    for k, v in _delta(u, _usage()).items():
+      self.usage[k] = self.usage.get(k, 0.0) + v
+    self.times += times
+    return times
+
+  def results(self) -> dict:
+    timed = self.times
+    step_s = statistics.median(timed)
+    res = dict(self.res)
+    res.update(
+        params_m=self.n_params / 1e6, batch=self.batch_size,
+        step_s=step_s, step_times_s=timed, warmup_times_s=self.warmup_times,
+        spread=(max(timed) - min(timed)) / step_s,
+        steps_per_s=1.0 / step_s, images_per_s=self.batch_size / step_s,
+        gflops=res['gflop'] / step_s, losses=self.losses,
+        usage_per_step={k: v / len(timed) for k, v in self.usage.items()})
+    if not all(np.isfinite(self.losses)):
+      raise FloatingPointError(
+          f'Non-finite loss in the benchmark: {self.losses}')
+    return res
+
+
 def bench_train(config, mesh) -> tuple[dict, Any, Any]:
   """Compiles and times the project's train step; returns (results, b, st)."""
-  from visgen import builder  # pylint: disable=g-import-not-at-top
-
-  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
-  b = builder.build(config, mesh)
-  state = builder.create_state(b, jax.random.key(1))
-  n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  batch = synthetic_batch(b, int(config.data.batch_size))
-  jitted = builder.make_train_step(b)
-  rng = jax.random.key(2)
-  frozen = b.frozen.params
-  compiled, res = _compile(jitted, state, frozen, batch, rng)
-  times, losses = [], []
-  u0 = None
-  for i in range(knobs['warmup_steps'] + knobs['steps']):
-    if i == knobs['warmup_steps']:
-      u0 = _usage()
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, frozen, batch, rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-    losses.append(float(metrics['loss']))
-  timed = times[knobs['warmup_steps']:]
-  step_s = statistics.median(timed)
-  res.update(
-      params_m=n_params / 1e6, batch=int(config.data.batch_size),
-      step_s=step_s, step_times_s=timed, warmup_times_s=times[
-          :knobs['warmup_steps']],
-      spread=(max(timed) - min(timed)) / step_s,
-      steps_per_s=1.0 / step_s,
-      images_per_s=int(config.data.batch_size) / step_s,
-      gflops=res['gflop'] / step_s, losses=losses,
-      usage_per_step={k: v / len(timed) for k, v in
-                      _delta(u0, _usage()).items()})
-  if not all(np.isfinite(losses)):
-    raise FloatingPointError(f'Non-finite loss in the benchmark: {losses}')
-  return res, b, state
+  tb = TrainBench(config, mesh)
+  tb.timed_round(tb.knobs['steps'])
+  return tb.results(), tb.b, tb.state
 
 
 def bench_sample(b, params) -> dict:
@@ -306,6 +335,249 @@ def markdown(r: dict) -> str:
   return '\n'.join(lines)
 
 
+# -----------------------------------------------------------------------------
+# The PyTorch peer (`--peer=torch`): benchmarks/torch_peer.py in a subprocess.
+# -----------------------------------------------------------------------------
+
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'benchmarks', 'torch_peer.py')
+PEERS = ('torch',)
+INSTALL_HINT = (
+    'Install the optional extra in its own environment: `python3 -m venv '
+    '/tmp/venv-torch && /tmp/venv-torch/bin/pip install -r '
+    'requirements-torch.txt`, then pass --peer_python=/tmp/venv-torch/bin/'
+    'python (or set VISGEN_TORCH_PYTHON to it).')
+
+
+def peer_python(flag_value: str | None = None) -> str:
+  """The python that runs the peer: the flag, $VISGEN_TORCH_PYTHON, else
+  `python` on PATH; it must import torch (else a UserError, exit 2)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from visgen import validate  # pylint: disable=g-import-not-at-top
+
+  py = (flag_value or os.environ.get('VISGEN_TORCH_PYTHON')
+        or shutil.which('python') or sys.executable)
+  try:
+    ok = subprocess.run([py, '-c', 'import torch'], capture_output=True,
+                        timeout=300).returncode == 0
+  except OSError:
+    ok = False
+  if not ok:
+    raise validate.UserError(
+        f'--peer=torch needs PyTorch, and {py} cannot import torch. '
+        + INSTALL_HINT)
+  return py
+
+
+def check_peers(names: list[str]) -> list[str]:
+  from visgen import validate  # pylint: disable=g-import-not-at-top
+
+  bad = [n for n in names if n not in PEERS]
+  if bad:
+    raise validate.UserError(
+        f'Unknown --peer {", ".join(bad)}. Valid choices: {", ".join(PEERS)} '
+        '(diffusers\' DiT has per-block label embeddings, so it is not the '
+        'same shape; it is not a peer yet).')
+  return names
+
+
+def peer_spec(config, *, compile_: bool) -> dict:
+  """What the peer needs to build the same model and step (JSON-ready)."""
+  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  model = {k: (list(v) if isinstance(v, tuple) else v)
+           for k, v in config.model.to_dict().items()}
+  o = config.optim
+  return dict(
+      model=model, num_classes=int(config.task.get('num_classes', 0)),
+      label_dropout=float(config.task.get('label_dropout', 0.0)),
+      x_shape=list(config.task.x_shape), batch=int(config.data.batch_size),
+      dtype=str(config.model.get('dtype', 'float32')),
+      optim=dict(lr=float(o.lr), b1=float(o.b1), b2=float(o.b2),
+                 eps=float(o.eps), weight_decay=float(o.weight_decay),
+                 grad_clip=float(o.grad_clip or 0.0)),
+      ema_decays=[float(d) for d in config.get('ema_decays', ())],
+      compile=bool(compile_), warmup_steps=int(knobs['warmup_steps']),
+      sample=dict(n=int(knobs['sample_batch'] or config.data.batch_size),
+                  steps=int(knobs['sample_steps'] or config.sampler.steps),
+                  cfg_scale=float(config.sampler.get('cfg_scale', 1.0))))
+
+
+class PeerProcess:
+  """benchmarks/torch_peer.py --serve: one JSON line per command."""
+
+  def __init__(self, python: str, spec: dict):
+    import subprocess  # pylint: disable=g-import-not-at-top
+
+    self.proc = subprocess.Popen(
+        [python, PEER_SCRIPT, '--serve', '--spec', json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.ready = self._read()
+
+  def _read(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'The peer {PEER_SCRIPT} exited (status '
+                         f'{self.proc.wait()}); see its stderr above.')
+    return json.loads(line)
+
+  def call(self, **cmd) -> dict:
+    self.proc.stdin.write(json.dumps(cmd) + '\n')
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self) -> dict:
+    out = self.call(cmd='exit')
+    self.proc.wait()
+    out['rusage_children_maxrss_gib'] = resource.getrusage(
+        resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    return out
+
+
+def _uptime() -> str:
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    return subprocess.run(['uptime'], capture_output=True, text=True,
+                          timeout=10).stdout.strip()
+  except OSError:
+    return ''
+
+
+def run_with_peer(config, *, python: str, compile_: bool = False,
+                  rounds: int = 3, sample: bool = True,
+                  sample_rounds: int = 2) -> dict:
+  """visgen's train step and the PyTorch peer's, alternating rounds.
+
+  Each is compiled and warmed up first (visgen, then the peer, never
+  overlapping a measurement); then `rounds` rounds of `bench.steps` steps,
+  in the order V P, P V, V P, ... so neither always runs first. step_s and
+  peer_step_s are medians of all timed steps; ratio = step_s / peer_step_s
+  (< 1: visgen is faster). Sampling (`bench.sample_steps` Euler steps with
+  CFG, `bench.sample_batch` images) alternates the same way. Peak RSS: each
+  process's own ru_maxrss (the peer's is read after it exits).
+  """
+  from visgen import sharding  # pylint: disable=g-import-not-at-top
+
+  knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
+  if knobs['sample_steps']:
+    config = config.copy_and_resolve_references()
+    config.sampler.steps = int(knobs['sample_steps'])
+  dtype = str(config.model.get('dtype', 'float32'))
+  out: dict[str, Any] = dict(
+      model=dict(config.model), precision='bf16' if 'bfloat16' in dtype
+      else 'fp32', devices=str(jax.devices()), jax=jax.__version__,
+      hugepages=hugepages_enabled(), loadavg=os.getloadavg(),
+      uptime_start=_uptime(), protocol=(
+          f'{rounds} alternating rounds of {knobs["steps"]} steps after '
+          f'{knobs["warmup_steps"]} warm-up steps each; medians'))
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  tb = TrainBench(config, mesh)
+  spec = peer_spec(config, compile_=compile_)
+  peer = PeerProcess(python, spec)
+  ready = peer.ready
+  out['peer'] = dict(name='torch' + ('+compile' if compile_ else ' eager'),
+                     params=ready['params'], torch=ready['torch'],
+                     threads=ready['threads'], setup_s=ready['setup_s'],
+                     warmup_times_s=ready['warmup_times_s'])
+  peer_times, rounds_log = [], []
+  try:
+    for r in range(rounds):
+      order = ('visgen', 'peer') if r % 2 == 0 else ('peer', 'visgen')
+      log = {}
+      for who in order:
+        if who == 'visgen':
+          log['visgen'] = tb.timed_round(knobs['steps'])
+        else:
+          times = peer.call(cmd='train', steps=knobs['steps'])['times']
+          peer_times += times
+          log['peer'] = times
+      rounds_log.append(dict(order=list(order), **log))
+    out['train'] = tb.results()
+    out['rounds'] = rounds_log
+    out['peer']['step_times_s'] = peer_times
+    if sample:
+      vs, ps = [], []
+      key = jax.random.key(3)
+      from visgen import builder  # pylint: disable=g-import-not-at-top
+      n = spec['sample']['n']
+      cond = tb.b.task.sample_cond(n)
+      fn, comp = _compile(builder.make_sample_fn(tb.b, n),
+                          tb.state['params'], tb.frozen, cond, key,
+                          builder.guidance_scale(config))
+      guidance = builder.guidance_scale(config)
+      jax.block_until_ready(fn(tb.state['params'], tb.frozen, cond, key,
+                               guidance))
+      peer_warm = None
+      for r in range(sample_rounds):
+        order = ('visgen', 'peer') if r % 2 == 0 else ('peer', 'visgen')
+        for who in order:
+          if who == 'visgen':
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(tb.state['params'], tb.frozen, cond,
+                                     key, guidance))
+            vs.append(time.perf_counter() - t0)
+          else:
+            res = peer.call(cmd='sample', repeats=1)
+            peer_warm = peer_warm or res['warmup_s']
+            ps += res['times']
+      out['sample'] = dict(
+          n=n, steps=spec['sample']['steps'], sampler=str(
+              config.sampler.get('name')), cfg_scale=spec['sample'][
+                  'cfg_scale'], forward_passes_per_step=2,
+          compile_s=comp['compile_s'], times_s=vs, peer_times_s=ps,
+          peer_warmup_s=peer_warm)
+  finally:
+    closed = peer.close()
+  step_s = out['train']['step_s']
+  peer_step_s = statistics.median(peer_times)
+  out.update(
+      step_s=step_s, peer_step_s=peer_step_s, ratio=step_s / peer_step_s,
+      fastest_step_s=min(out['train']['step_times_s']),
+      peer_fastest_step_s=min(peer_times),
+      params=tb.n_params, peer_params=ready['params'],
+      peak_rss_gib=_usage()['maxrss_mib'] / 1024.0,
+      peer_peak_rss_gib=closed['maxrss_gib'],
+      peer_rusage_children_maxrss_gib=closed['rusage_children_maxrss_gib'],
+      loadavg_end=os.getloadavg(), uptime_end=_uptime())
+  if 'sample' in out:
+    s = out['sample']
+    out['sample_images_per_s'] = s['n'] / statistics.median(s['times_s'])
+    out['peer_sample_images_per_s'] = s['n'] / statistics.median(
+        s['peer_times_s'])
+    out['sample_ratio'] = (out['sample_images_per_s']
+                           / out['peer_sample_images_per_s'])
+  return out
+
+
+def peer_markdown(r: dict) -> str:
+  p = r['peer']
+  rows = [
+      ('model', ', '.join(f'{k}={v}' for k, v in r['model'].items())),
+      ('precision', r['precision']),
+      ('params visgen / peer', f"{r['params']} / {r['peer_params']}"),
+      ('protocol', r['protocol']),
+      ('peer', f"{p['name']} (torch {p['torch']}, {p['threads']} threads)"),
+      ('visgen step (s), median / fastest',
+       f"{r['step_s']:.3f} / {r['fastest_step_s']:.3f}"),
+      ('peer step (s), median / fastest',
+       f"{r['peer_step_s']:.3f} / {r['peer_fastest_step_s']:.3f}"),
+      ('ratio visgen / peer step (< 1: visgen faster)', f"{r['ratio']:.3f}"),
+      ('peak RSS visgen / peer (GiB)',
+       f"{r['peak_rss_gib']:.2f} / {r['peer_peak_rss_gib']:.2f}"),
+  ]
+  if 'sample_images_per_s' in r:
+    s = r['sample']
+    rows += [(f"sampling images/s ({s['n']} images, {s['steps']} {s['sampler']}"
+              ' steps, CFG) visgen / peer',
+              f"{r['sample_images_per_s']:.2f} / "
+              f"{r['peer_sample_images_per_s']:.2f}")]
+  rows += [('load average start / end',
+            f"{r['loadavg'][0]:.1f} / {r['loadavg_end'][0]:.1f}")]
+  lines = ['| metric | value |', '|---|---|']
+  lines += [f'| {k} | {v} |' for k, v in rows]
+  return '\n'.join(lines)
+
+
 def define_flags() -> dict:
   """Defines the CLI flags (only when run as a program: visgen.main defines
   its own --config, and both may be imported in one test process)."""
@@ -315,20 +587,49 @@ def define_flags() -> dict:
           'configs/X.py[:args]).'),
       out=flags.DEFINE_string('out', None, 'Write the results JSON here.'),
       sample=flags.DEFINE_bool('sample', True, 'Also time sampling.'),
+      peer=flags.DEFINE_string(
+          'peer', None, 'Also run a PyTorch peer of the same model and '
+          'step, alternating rounds: torch (benchmarks/torch_peer.py).'),
+      peer_compile=flags.DEFINE_bool(
+          'peer_compile', False, 'torch.compile the peer (default mode).'),
+      peer_python=flags.DEFINE_string(
+          'peer_python', None, 'Python with torch for the peer (default: '
+          '$VISGEN_TORCH_PYTHON, else `python`).'),
+      peer_rounds=flags.DEFINE_integer(
+          'peer_rounds', 3, 'Alternating measurement rounds with --peer.'),
       hugepages=flags.DEFINE_bool(
           'hugepages', True, 'Re-exec with GLIBC_TUNABLES='
           f'{HUGEPAGE_TUNABLE} (read before flag parsing).'))
 
 
-def main(flag_values: dict) -> None:
-  r = run(flag_values['config'].value, sample=flag_values['sample'].value)
-  print(markdown(r))
-  if flag_values['out'].value:
-    with open(flag_values['out'].value, 'w') as f:
+def main(flag_values: dict) -> int:
+  from visgen import validate  # pylint: disable=g-import-not-at-top
+
+  out_path = flag_values['out'].value
+  try:
+    if flag_values['peer'].value:
+      names = check_peers([n.strip() for n in
+                           flag_values['peer'].value.split(',') if n.strip()])
+      del names  # Only 'torch' so far.
+      python = peer_python(flag_values['peer_python'].value)
+      r = run_with_peer(flag_values['config'].value, python=python,
+                        compile_=flag_values['peer_compile'].value,
+                        rounds=flag_values['peer_rounds'].value,
+                        sample=flag_values['sample'].value)
+      print(peer_markdown(r))
+    else:
+      r = run(flag_values['config'].value,
+              sample=flag_values['sample'].value)
+      print(markdown(r))
+  except validate.UserError as e:
+    return validate.report(e)
+  if out_path:
+    with open(out_path, 'w') as f:
       json.dump(r, f, indent=2, default=str)
+  return 0
 
 
 if __name__ == '__main__':
   _FLAGS = define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(lambda argv: main(_FLAGS))
+  app.run(lambda argv: sys.exit(main(_FLAGS)))
