@@ -344,3 +344,23 @@ def test_runlocal_random_base_is_announced(tmp_path, monkeypatch):
   assert c.frozen.base.source.startswith('npz:' + str(tmp_path))
   assert os.path.exists(c.frozen.base.source[4:])
   assert any('RANDOMLY INITIALISED' in n for n in config_lib.pop_notes())
+
+
+def test_control_maps_of_each_kind():
+  kps = np.zeros((1, 3, 5, 2), np.float32)
+  valid = np.zeros((1, 3, 5), bool)
+  kps[0, 1, 2] = (3.5, 2.5)  # the centre of pixel (row 2, column 3)
+  valid[0, 1, 2] = True
+  kps[0, 0, 0] = (6.5, 6.5)  # invalid: must not show
+  m = np.asarray(image_cond.control_map(
+      {'keypoints': kps, 'keypoint_valid': valid}, 'keypoints', 8))
+  assert m.shape == (1, 8, 8, 1) and m[0, 2, 3, 0] == 1.0
+  assert np.unravel_index(np.argmax(m[0, ..., 0]), (8, 8)) == (2, 3)
+  assert m[0, 6, 6, 0] < -0.99
+  sem = np.zeros((1, 8, 8, 1), np.uint8)
+  sem[0, :4] = 3
+  onehot = image_cond.control_map({'semantic_mask': sem}, 'semantic_mask', 8)
+  assert onehot.shape == (1, 8, 8, 5)
+  img = image_cond.to_uint8(np.asarray(onehot), 'semantic_mask')
+  np.testing.assert_array_equal(img[0, 0, 0], image_cond.MASK_PALETTE[3])
+  np.testing.assert_array_equal(img[0, 7, 7], image_cond.MASK_PALETTE[0])
