@@ -13,6 +13,13 @@ WORKDIR/curve.json, and WORKDIR/curve.png plots every one of them (log-log
 shapes-FID against seconds, with the real-against-real floor and the issue's
 4x-floor bound as horizontal lines). Timings are on whatever machine runs
 it: on the shared 2-core CPU they vary by +-30% with the load.
+
+  python -m experiments.shapes_curve --workdir=DIR \
+      --add 'NAME=/tmp/probe/res_NAME.json'
+
+adds the points of an `experiments.shapes_probe` run (or any JSON with a
+'points' list of {train_s, shapes_fid, ...}) as curve NAME and redraws
+DIR/curve.png (matplotlib).
 """
 
 import argparse
