@@ -10,7 +10,7 @@ source scene by channel concatenation and the tokenised instruction
 (scene_words) through a small trainable embedding added to its time
 embedding. Dropout of image only / text only / both: 5% each (the paper's).
 Sampling: Heun with the dual guidance, s_T = `cfg_scale` (7.5 in the paper;
-3 here) and s_I = `image_cfg_scale` (1.5).
+3 here) and s_I = `config.task.image_cfg_scale` (1.5).
 """
 
 from visgen import config_lib
@@ -43,7 +43,8 @@ def get_config(arg=None):
   if arg.runlocal:
     unet.update(model_channels=8, channel_mult=(1, 2), mid_attention=False)
   c.task = dict(name='instruct_edit', x_shape=(res, res, 3),
-                image_dropout=0.05, text_dropout=0.05, both_dropout=0.05)
+                image_dropout=0.05, text_dropout=0.05, both_dropout=0.05,
+                image_cfg_scale=arg.image_cfg_scale)
   c.model = dict(name='instruct_unet', unet=dict(unet, concat_channels=3),
                  max_len=MAX_LEN, text_dim=16)
   if arg.base:
@@ -59,8 +60,7 @@ def get_config(arg=None):
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=50, schedule='cosine',
                              grad_clip=1.0)
   c.sampler = dict(name='heun', steps=arg.sampler_steps,
-                   cfg_scale=arg.cfg_scale,
-                   image_cfg_scale=arg.image_cfg_scale)
+                   cfg_scale=arg.cfg_scale)
   c.num_grid_samples = 16
   c.eval = {}
   if arg.runlocal:

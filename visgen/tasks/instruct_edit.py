@@ -9,8 +9,8 @@
                       both_dropout=0.05)
   config.model = dict(name='instruct_unet', unet=dict(..., concat_channels=3),
                       max_len=10)
-  config.sampler = dict(name='heun', steps=16, cfg_scale=s_T,
-                        image_cfg_scale=s_I)
+  config.sampler = dict(name='heun', steps=16, cfg_scale=s_T)
+  config.task.image_cfg_scale = s_I
 
 Batch -> x0 = the edited scene ('edited_image'), cond = {'concat': the
 source scene ('image') in [-1, 1], 'instruction_tokens': ids}. Dropout as
@@ -19,7 +19,7 @@ image is zeros, the null instruction all padding. Sampling uses the dual
 classifier-free guidance `samplers.guidance.dual_cfg`:
 e(0,0) + s_I (e(c_I,0) - e(0,0)) + s_T (e(c_I,c_T) - e(c_I,0)), whose
 text scale s_T is the task contract's `guidance` and s_I `image_guidance`
-(default the sampler config's `image_cfg_scale`, 1.5 as in the paper).
+(default `config.task.image_cfg_scale`, 1.5 as in the paper).
 The path / prediction / weighting / time distribution are the config's.
 """
 
@@ -56,6 +56,7 @@ class InstructEditTask(generation.GenerationTask):
     self.p_image = float(t.get('image_dropout', 0.05))
     self.p_text = float(t.get('text_dropout', 0.05))
     self.p_both = float(t.get('both_dropout', 0.05))
+    self.image_cfg_scale = float(t.get('image_cfg_scale', 1.5))
     if min(self.p_image, self.p_text, self.p_both) < 0 or (
         self.p_image + self.p_text + self.p_both > 1):
       raise UserError('config.task image_dropout, text_dropout and '
@@ -155,8 +156,7 @@ class InstructEditTask(generation.GenerationTask):
       raise UserError(f"instruct_edit: cond['concat'] has shape "
                       f"{tuple(cond['concat'].shape)}, expected (n, "
                       f"{', '.join(map(str, self.x_shape))}).")
-    s_i = (image_cond.sampler_option(self, 'image_cfg_scale', 1.5)
-           if image_guidance is None else image_guidance)
+    s_i = self.image_cfg_scale if image_guidance is None else image_guidance
     denoise = guidance_lib.dual_cfg(
         self.network(params), image_scale=s_i, text_scale=guidance,
         null_image=self.null_image, null_text=self.null_text)
