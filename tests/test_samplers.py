@@ -122,6 +122,26 @@ def test_ode_orders(path_name, kind, grid):
   assert errs['heun'][-1] < errs['euler'][-1] / 10
 
 
+def test_heun_last_step_does_not_amplify_an_x0_networks_error():
+  """An x0-predicting network with a 0.02 error: Heun's corrector at the
+  grid's end (t = 1e-5) divided it by sigma (error 83 before the fix); the
+  last step is now first order as in EDM (2N - 1 NFE) and Heun stays within
+  a few times Euler's sensitivity."""
+  path = get_path('linear')
+  exact = GMM.denoiser(path=path, kind='x0')
+  noisy = lambda x, t, cond=None: exact(x, t) + 0.02 * jnp.sin(3 * x)
+  x_init = jax.random.normal(jax.random.PRNGKey(1), (256, 2))
+  ts = samplers.make_grid('uniform', 12, path=path)
+  assert float(ts[-1]) < 1e-3
+  run = jax.jit(lambda ts: [[samplers.sample(
+      m, f, path=path, prediction='x0', ts=ts, x_init=x_init, return_info=True)
+                             for f in (exact, noisy)] for m in ('euler', 'heun')])
+  (e_a, e_b), (h_a, h_b) = run(ts)
+  rms = lambda a, b: float(jnp.sqrt(jnp.mean(jnp.sum((a - b)**2, -1))))
+  assert int(h_a[1]['nfe']) == 2 * 12 - 1
+  assert rms(h_a[0], h_b[0]) < 5 * rms(e_a[0], e_b[0]) < 0.5
+
+
 def test_dopri5_tolerance_controls_error_and_reports_nfe():
   mean, std = jnp.array([[1.0, -0.5]]), 0.5
   gauss = GaussianMixture(jnp.ones(1), mean, std**2 * jnp.eye(2)[None])
