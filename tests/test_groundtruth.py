@@ -27,10 +27,13 @@ def test_score_is_the_gradient_of_the_marginal_log_density():
     t = jnp.linspace(0.1, 0.9, 6)
     y = jnp.ones_like(x) if p.is_bridge else None
     for label in (None, jnp.array([0, 1, 2, 0, 1, 2])):  # 2 = null label
-      logp = lambda xx, i: g.log_prob_t(
-          xx[None], t[i][None], path=p, y=None if y is None else y[i][None],
-          label=None if label is None else label[i][None])[0]
-      grad = jnp.stack([jax.grad(logp)(x[i], i) for i in range(6)])
+      def logp(xx, tt, yy, ll, label=label):
+        return g.log_prob_t(
+            xx[None], tt[None], path=p, y=None if y is None else yy[None],
+            label=None if label is None else ll[None])[0]
+      yy = jnp.zeros_like(x) if y is None else y
+      ll = jnp.zeros(6, jnp.int32) if label is None else label
+      grad = jax.jit(jax.vmap(jax.grad(logp)))(x, t, yy, ll)
       _, score, _ = g.posterior(x, t, path=p, label=label, y=y)
       np.testing.assert_allclose(score, grad, atol=1e-4, err_msg=name)
 
