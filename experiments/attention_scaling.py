@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from visgen.data import preprocess
 from visgen.models import functional
 from visgen.models import linear_attention as la
 from visgen.models import video_dit
@@ -281,8 +282,14 @@ def trained_rollout(config_spec: str, model_workdir: str, out_dir: str,
     row = {'wall_s': wall, 'block_program_gib': compiled_bytes(compiled) / GIB,
            'state_gib': state_bytes / GIB,
            'rollout_gib': (compiled_bytes(compiled) + state_bytes) / GIB}
+    # Media of the whole rollout (the task's to_media assumes its x_shape).
+    labels = cond.get('label')
     media_lib.write_samples(os.path.join(out_dir, f'rollout_{f}'),
-                            task.to_media(x, cond))
+                            media_lib.Media(
+                                preprocess.to_uint8(np.asarray(x)),
+                                kind='video', labels=(
+                                    None if labels is None
+                                    else np.asarray(labels))))
     out['by_frames'][str(f)] = row
     log(f'  trained rollout frames={f}: ' + ', '.join(
         f'{k}={v:.4g}' for k, v in row.items()))
