@@ -10,13 +10,18 @@ reads a scene-world control map (`control=edges` 1 channel, `semantic_mask`
 features to the frozen base's skip connections and middle output
 (visgen/models/controlnet.py). The copy is warm-started from the base
 (`init_from`, mapping `controlnet.INIT_MAPPING`); the base is the frozen
-component `base`. Path, prediction and time distribution are the base's
-(rectified flow, velocity, logit-normal). Sampling: Heun 16 steps, CFG 2
-over the base's class label, `control_scale` 1.
+component `base`. Path, prediction, weighting, time distribution and
+sampler are the base's (read from its config.json; by default
+configs/shapes.py's: rectified flow, x0 prediction on the velocity loss,
+logit-normal times, Euler 12 steps), CFG 2 over the base's class label,
+`control_scale` 1.
 
 Without a trained base (`base=` empty or not a visgen run) a randomly
 initialised base is used and the run's log says so: a plumbing check only.
 """
+
+import json
+import os
 
 from visgen import config_lib
 from visgen.models import controlnet
@@ -42,7 +47,7 @@ def get_config(arg=None):
                              base='', control='edges',
                              steps=1500, batch=32, lr=1e-3, width=32,
                              hint_width=16, control_scale=1.0,
-                             sampler_steps=16, cfg_scale=2.0)
+                             sampler_steps=12, cfg_scale=2.0)
   c = config_lib.base_config()
   res = 8 if arg.runlocal else arg.res
   c.total_steps = arg.steps
@@ -64,14 +69,26 @@ def get_config(arg=None):
   c.frozen = dict(base=dict(model=base, source=source))
   c.init_from = dict(source=source, weights='ema',
                      mapping=controlnet.INIT_MAPPING)
+  # The base's own objective and sampler (its config.json when the base is
+  # a visgen run; else configs/shapes.py's: x0 prediction on the velocity
+  # loss, Euler 12).
   c.path = dict(name='linear')
-  c.prediction = 'velocity'
-  c.weighting = dict(name='uniform')
+  c.prediction = 'x0'
+  c.weighting = dict(name='uniform', space='velocity')
   c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  c.sampler = dict(name='euler', steps=arg.sampler_steps,
+                   cfg_scale=arg.cfg_scale)
+  base_json = os.path.join(os.path.expanduser(arg.base or '.'),
+                           'config.json')
+  if arg.base and os.path.exists(base_json):
+    with open(base_json) as f:
+      run = json.load(f)
+    for k in ('path', 'prediction', 'weighting', 'time_dist', 'precond'):
+      if run.get(k) is not None:
+        c[k] = run[k]
+    c.sampler.name = run.get('sampler', {}).get('name', c.sampler.name)
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=50, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name='heun', steps=arg.sampler_steps,
-                   cfg_scale=arg.cfg_scale)
   c.num_grid_samples = 16
   c.eval = {}
   if arg.runlocal:
