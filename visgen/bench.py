@@ -409,9 +409,17 @@ class PeerProcess:
   def __init__(self, python: str, spec: dict):
     import subprocess  # pylint: disable=g-import-not-at-top
 
+    # The peer runs with its default allocator: visgen's huge-page tunable
+    # (which `ensure_hugepages` put into this process's environment) is
+    # visgen's own setting, not PyTorch's.
+    env = dict(os.environ)
+    tun = [t for t in env.get('GLIBC_TUNABLES', '').split(':')
+           if t and t != HUGEPAGE_TUNABLE]
+    env['GLIBC_TUNABLES'] = ':'.join(tun)
+    self.glibc_tunables = env['GLIBC_TUNABLES']
     self.proc = subprocess.Popen(
         [python, PEER_SCRIPT, '--serve', '--spec', json.dumps(spec)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.ready = self._read()
 
   def _read(self) -> dict:
@@ -478,7 +486,8 @@ def run_with_peer(config, *, python: str, compile_: bool = False,
   out['peer'] = dict(name='torch' + ('+compile' if compile_ else ' eager'),
                      params=ready['params'], torch=ready['torch'],
                      threads=ready['threads'], setup_s=ready['setup_s'],
-                     warmup_times_s=ready['warmup_times_s'])
+                     warmup_times_s=ready['warmup_times_s'],
+                     glibc_tunables=peer.glibc_tunables)
   peer_times, rounds_log = [], []
   try:
     for r in range(rounds):
@@ -492,6 +501,8 @@ def run_with_peer(config, *, python: str, compile_: bool = False,
           peer_times += times
           log['peer'] = times
       rounds_log.append(dict(order=list(order), **log))
+      print(f'round {r}: visgen {log["visgen"]} peer {log["peer"]}',
+            file=sys.stderr, flush=True)
     out['train'] = tb.results()
     out['rounds'] = rounds_log
     out['peer']['step_times_s'] = peer_times
