@@ -55,9 +55,11 @@ def test_curve_steps_and_plot(tmp_path):
             'b': [dict(train_s=90, shapes_fid=120.0)]}
   path = tmp_path / 'curve.png'
   shapes_curve.plot(curves, str(path), floor=3.5)
-  img = np.asarray(Image.open(path))
-  assert img.shape == (420, 640, 3)
-  # Both curves' colours are drawn.
+  img = np.asarray(Image.open(path).convert('RGB'))
+  assert img.shape == (576, 900, 3)  # figsize (7.5, 4.8) at 120 dpi
+  # Both curves' colours are drawn, a third is not.
   for col in shapes_curve.COLOURS[:2]:
     assert np.any(np.all(img == col, axis=-1))
+  if len(shapes_curve.COLOURS) > 2:
+    assert not np.any(np.all(img == shapes_curve.COLOURS[2], axis=-1))
   json.dumps(curves)  # what curve.json holds

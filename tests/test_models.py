@@ -70,8 +70,11 @@ def test_dit_variants_and_learned_sigma():
 def test_registry_errors():
   # Importing visgen.models alone gives every model (no registration by
   # import side effects elsewhere).
-  assert models.MODELS.names() == ['dit', 'mlp', 'noisy_classifier', 'unet']
-  with pytest.raises(ValueError, match='Valid choices: dit, mlp, .*unet'):
+  assert models.MODELS.names() == [
+      'autoencoder_kl', 'bert_text', 'clip_text', 'controlnet', 'dit',
+      'instruct_unet', 'mlp', 'mmdit', 'noisy_classifier', 'pixart',
+      'scene_text', 'unet', 'video_dit']
+  with pytest.raises(ValueError, match='Valid choices: autoencoder_kl, .*, dit, .*, video_dit\.'):
     models.get_model('ditt', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="unknown arguments \\['widht'\\]"):
     models.get_model('dit', rngs=nnx.Rngs(0), widht=3)
