@@ -55,3 +55,35 @@ def load(spec: str, overrides: dict[str, Any] | None = None, *,
   if lock:
     config.lock()
   return config
+
+
+def _tuples(v: Any) -> Any:
+  """JSON lists back to the tuples configs are written with."""
+  if isinstance(v, dict):
+    return {k: _tuples(x) for k, x in v.items()}
+  if isinstance(v, list):
+    return tuple(_tuples(x) for x in v)
+  return v
+
+
+def load_workdir(workdir: str):
+  """The config a training run saved in WORKDIR/config.json, as a
+  ConfigDict (lists back to tuples): what sampling and generation from an
+  existing workdir build, with no config file to name."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a visgen training workdir (or '
+        'its run never started). Fix: pass the workdir of a run, or name '
+        'its config with --config=configs/X.py[:arg].')
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); pass the config '
+                     'with --config=configs/X.py[:arg].') from e
+  return mlc.ConfigDict(_tuples(raw))

@@ -42,6 +42,10 @@ from visgen.validate import UserError
 class BridgeTask(generation.GenerationTask):
   """DDBM on (source, target) pairs (see the module docstring)."""
 
+  # Its conditions come from data (held-out batches): `visgen.generate`
+  # has nothing to ask for; use --mode=sample.
+  REQUESTS = ()
+
   def __init__(self, config, *, apply=None, frozen_apply=None):
     t = config.task
     if not t.get('source'):

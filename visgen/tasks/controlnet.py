@@ -45,6 +45,10 @@ FROZEN_BASE = 'base'
 class ControlNetTask(generation.GenerationTask):
   """A frozen base under a trainable ControlNet (see the module docstring)."""
 
+  # Its conditions come from data (held-out batches): `visgen.generate`
+  # has nothing to ask for; use --mode=sample.
+  REQUESTS = ()
+
   def __init__(self, config, *, apply=None, frozen_apply=None):
     super().__init__(config, apply=apply, frozen_apply=frozen_apply)
     t = config.task

@@ -215,6 +215,38 @@ class GenerationTask:
     """A held-out batch's labels (no dropout)."""
     return self.cond(batch, None)
 
+  # What a user may ask for by name (`visgen.generate`): class labels here;
+  # subclasses that need condition images from data ask for nothing.
+  REQUESTS = ('label',)
+
+  def request_cond(self, n: int, *, label=None, prompt=None,
+                   negative=None) -> dict[str, np.ndarray]:
+    """The conditioning of n samples a user asked for (`visgen.generate`):
+    class labels (one, repeated, or several, cycled); an unconditional
+    model takes none. A request the task cannot honour is a ValueError
+    saying what to pass instead."""
+    if prompt is not None or negative is not None:
+      raise ValueError('this workdir\'s model is class-conditional, not '
+                       'text-conditional: pass --label=K'
+                       + (f' (0..{self.num_classes - 1})'
+                          if self.num_classes else ' (or nothing)')
+                       + ' instead of --prompt/--negative.')
+    if not self.num_classes:
+      if label is not None:
+        raise ValueError('this workdir\'s model is unconditional: drop '
+                         '--label.')
+      return {}
+    if label is None:
+      return self.sample_cond(n)
+    labels = np.atleast_1d(np.asarray(label))
+    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or
+        np.any(labels < 0) or np.any(labels >= self.num_classes)):
+      raise ValueError(f'--label={",".join(map(str, labels.ravel()))} is '
+                       f'invalid: the model has '
+                       f'{self.num_classes} classes; pass integers in '
+                       f'0..{self.num_classes - 1}.')
+    return {'label': labels[np.arange(n) % len(labels)].astype(np.int32)}
+
   def sample(self, params, frozen, cond: dict, key: jax.Array, *, n: int,
              guidance: Any = 1.0, sampler: dict | None = None,
              cfg: dict | None = None, classifier: Any = None,

@@ -41,6 +41,10 @@ from visgen.validate import UserError
 class InstructEditTask(generation.GenerationTask):
   """Instruction editing with two-scale guidance (module docstring)."""
 
+  # Its conditions come from data (held-out batches): `visgen.generate`
+  # has nothing to ask for; use --mode=sample.
+  REQUESTS = ()
+
   def __init__(self, config, *, apply=None, frozen_apply=None):
     super().__init__(config, apply=apply, frozen_apply=frozen_apply)
     t = config.task

@@ -209,6 +209,29 @@ class TextToImageTask(generation.GenerationTask):
     n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
     return self.prompt_cond(self.captions(n))
 
+  REQUESTS = ('prompt', 'negative')
+
+  def request_cond(self, n: int, *, label=None, prompt=None,
+                   negative=None) -> dict[str, np.ndarray]:
+    """n samples of one prompt (and an optional negative prompt, else the
+    task's `negative_prompt`, else the learned/empty null) for
+    `visgen.generate`; a word outside the tokenizer's vocabulary is a
+    ValueError naming it."""
+    if label is not None:
+      raise ValueError('this workdir\'s model is text-conditional: pass '
+                       '--prompt="..." instead of --label.')
+    if prompt is None:
+      raise ValueError('this workdir\'s model is text-conditional: pass '
+                       '--prompt="..." (e.g. --prompt="'
+                       f'{self.captions(1)[0] if self.data_name == "shapes" else "a photo"}").')
+    try:
+      return self.prompt_cond([prompt] * n, negative=negative)
+    except ValueError as e:  # The tokenizer names the word and the vocabulary.
+      raise ValueError(
+          f'--prompt/--negative: {str(e).split("; use a tokenizer")[0]}. '
+          'Fix: use only words of that vocabulary (the model was trained '
+          'on them).') from e
+
   def eval_cond(self, batch: dict) -> dict:
     return {'text_tokens': np.asarray(batch[f'{self.text_key}_tokens']),
             'text_mask': np.asarray(batch[f'{self.text_key}_mask'])}

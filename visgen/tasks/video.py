@@ -53,6 +53,10 @@ from visgen.validate import UserError
 class VideoTask(generation.GenerationTask):
   """Class-conditional / image-to-video generation (module docstring)."""
 
+  # Its conditions come from data (held-out batches): `visgen.generate`
+  # has nothing to ask for; use --mode=sample.
+  REQUESTS = ()
+
   def __init__(self, config, *, apply=None, frozen_apply=None):
     t = config.task
     if len(tuple(t.x_shape)) != 4:

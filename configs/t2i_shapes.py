@@ -1,0 +1,91 @@
+r"""Text-to-image on `shapes` captions, in pixel space, on 2 CPU cores.
+
+  python -m visgen.main --config=configs/t2i_shapes.py --workdir=/tmp/t2i
+  python -m visgen.generate --workdir=/tmp/t2i \
+      --prompt="a small red circle left of a large blue square" --out=/tmp/g.png
+
+Learns p(x | caption) for 32x32 scenes of the procedural world
+(visgen/data/shapes.py), the captions from its grammar ("a large green
+triangle above a small yellow diamond on a gray background"), tokenised on
+the host by the `scene_words` tokenizer (the grammar's closed vocabulary:
+an unknown word is an error, never a silent <unk>).
+
+The denoiser is `configs/shapes.py`'s (the fastest step measured here: an
+ADM U-Net on 2x2 space-to-depth patches, width 32) with LDM's text
+conditioning: a trainable `scene_text` encoder (2 layers, width 64) read by
+cross-attention in the 4x4 middle block and at 8x8, plus its pooled vector
+added to the time embedding. Captions are dropped (p = 0.1) to a learned
+null text (PixArt-alpha's `y_embedding`) for classifier-free guidance on
+text; `task.negative_prompt` or `visgen.generate --negative` replaces the
+null by a negative prompt. Rectified flow with x0 prediction on the
+velocity loss, logit-normal times, Euler 12 steps, CFG 3 (as
+configs/shapes.py).
+
+Pixel space, not latent: the scene autoencoder (configs/autoencoder_shapes.py)
+already costs 9.75 shapes-FID in reconstruction alone against the issue's
+bound of 14, and its 8x8x4 latents do not make this U-Net's step cheaper.
+
+Status: the generation CLI and the config run end to end (the test suite
+trains the runlocal variant and generates from it); the prompt-accuracy
+oracle and the measured 30-minute run are not done yet (see README).
+"""
+
+from visgen import config_lib
+
+RES = 32
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=2000, batch=64,
+                             width=32, lr=1e-3, text_width=64, text_depth=2,
+                             sampler_steps=12, cfg_scale=3.0)
+  c = config_lib.base_config()
+  c.seed = 0
+  c.total_steps = arg.steps
+  c.log_every = 100
+  c.ckpt_every = 1000
+  c.ema_decays = (0.999,)
+  c.ema_warmup = True
+
+  max_len = 24
+  c.data = dict(name='shapes', resolution=RES, batch_size=arg.batch,
+                num_threads=2,
+                tokenizer=dict(name='scene_words', max_len=max_len,
+                               keys=('caption',)))
+  c.task = dict(name='text_to_image', x_shape=(RES, RES, 3),
+                caption_dropout=0.1, null='learned', negative_prompt='')
+  c.model = dict(name='unet', input_size=RES, in_channels=3, patch=2,
+                 model_channels=arg.width, channel_mult=(1, 2, 2),
+                 num_res_blocks=1, attention_resolutions=(8,),
+                 mid_attention=True, num_heads=1, dropout=0.0,
+                 pooled_dim=1,
+                 text_encoder=dict(name='scene_text', width=arg.text_width,
+                                   depth=arg.text_depth, heads=2,
+                                   max_len=max_len))
+  c.path = dict(name='linear')
+  c.prediction = 'x0'
+  c.weighting = dict(name='uniform', space='velocity')
+  c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',
+                             grad_clip=1.0)
+  c.sampler = dict(name='euler', steps=arg.sampler_steps,
+                   cfg_scale=arg.cfg_scale)
+  c.num_grid_samples = 40
+  c.sample_batch = 250
+  c.eval = dict(features=dict(feature_net='shapes', reference='shapes:test',
+                              num_samples=1000, batch=250))
+
+  if arg.runlocal:
+    c.total_steps = 4
+    c.log_every = 2
+    c.ckpt_every = 2
+    c.data.update(resolution=8, num_examples=64, batch_size=8)
+    c.task.x_shape = (8, 8, 3)
+    c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
+                   attention_resolutions=(), mid_attention=True,
+                   text_encoder=dict(name='scene_text', width=16, depth=1,
+                                     heads=2, max_len=max_len))
+    c.sampler.steps = 2
+    c.num_grid_samples = 8
+    c.eval = {}
+  return c
