@@ -135,3 +135,16 @@ def test_every_readme_training_command_parses_and_validates(monkeypatch):
     fv(['visgen.main', *argv])
     assert fv.workdir, argv
     validate.check_config(fv.config, mode=fv.mode, device_count=1)
+
+
+def test_every_readme_generate_command_parses():
+  """Every `python -m visgen.generate ...` of the README parses, with a
+  workdir, an output and exactly one kind of request."""
+  from visgen import generate  # pylint: disable=g-import-not-at-top
+
+  commands = readme_commands('visgen.generate')
+  assert len(commands) >= 2, commands
+  for argv in commands:
+    args = generate.parser().parse_args(argv)
+    assert args.workdir and args.out.endswith('.png'), argv
+    assert (args.prompt is None) != (args.label is None), argv

@@ -134,7 +134,8 @@ def generate(args) -> dict:
               samples=np.asarray(media.samples))
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
+  """The command line (also parsed by the README test)."""
   parser = argparse.ArgumentParser(prog='python -m visgen.generate',
                                    description=FLAGS_HELP)
   parser.add_argument('--workdir', required=True,
@@ -162,7 +163,11 @@ def main(argv=None):
                       help='also write the samples as an ADM-format .npz')
   parser.add_argument('--verbose', action='store_true',
                       help='show the traceback of errors')
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
   if not args.verbose:  # Orbax's read-only restore notes are not news here.
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.ERROR)
