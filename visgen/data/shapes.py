@@ -318,8 +318,10 @@ def sample_scene(
     resolution: int,
     *,
     num_objects: int | None = None,
+    exclude: frozenset[tuple[int, int]] = frozenset(),
 ) -> Scene:
-  """Samples objects until all of them stay sufficiently visible."""
+  """Samples objects until all of them stay sufficiently visible (and, with
+  `exclude`, none has an excluded (colour, shape) pair)."""
   n = int(rng.integers(1, MAX_OBJECTS + 1)) if num_objects is None else (
       num_objects)
   if not 1 <= n <= MAX_OBJECTS:
@@ -327,6 +329,8 @@ def sample_scene(
   bg = sample_background(rng)
   for _ in range(10_000):
     scene = Scene(tuple(sample_object(rng, resolution) for _ in range(n)), bg)
+    if exclude and any((o.colour, o.shape) in exclude for o in scene.objects):
+      continue
     if visible_enough(scene, resolution):
       return scene
   raise RuntimeError(f'Could not place {n} visible objects at resolution '
@@ -358,6 +362,27 @@ def render_example(scene: Scene, resolution: int) -> dict[str, np.ndarray]:
   )
 
 
+def heldout_pairs(pairs) -> frozenset[tuple[int, int]]:
+  """(colour, shape) names -> a set of (colour index, shape index); an
+  unknown name is a ValueError listing the valid ones."""
+  out = set()
+  for pair in pairs or ():
+    if len(pair) != 2:
+      raise ValueError(f'heldout pair {pair!r} must be (colour, shape), '
+                       "e.g. ('red', 'triangle').")
+    colour, shape = pair
+    if colour not in COLOUR_NAMES or shape not in SHAPES:
+      raise ValueError(
+          f'heldout pair {pair!r}: colours are {", ".join(COLOUR_NAMES)}; '
+          f'shapes are {", ".join(SHAPES)}.')
+    out.add((COLOUR_NAMES.index(colour), SHAPES.index(shape)))
+  return frozenset(out)
+
+
+def has_heldout(scene: Scene, pairs: frozenset[tuple[int, int]]) -> bool:
+  return any((o.colour, o.shape) in pairs for o in scene.objects)
+
+
 class ShapesSource(indexed.IndexedSource):
   """Random-access source of scenes: `len` and `[index]` -> dict of arrays.
 
@@ -367,22 +392,30 @@ class ShapesSource(indexed.IndexedSource):
     seed: stream seed; (split, seed, index) determines the example.
     num_examples: virtual length (default 50_000 train / 10_000 test).
     num_objects: fixed object count, or None for 1..3 uniformly.
+    heldout: (colour, shape) name pairs that never occur in the train split
+      (its scenes are resampled until none does); the test split keeps
+      every pair, so captions that combine a held-out pair measure
+      compositional generalisation (`heldout_pairs`).
   """
 
   def __init__(self, *, split: str = 'train', resolution: int = 32,
                seed: int = 0, num_examples: int | None = None,
-               num_objects: int | None = None):
+               num_objects: int | None = None,
+               heldout: tuple[tuple[str, str], ...] = ()):
     split_rng(split, seed, 0)  # validates the split name
     if resolution < 8:
       raise ValueError(f'resolution must be >= 8, got {resolution}.')
     self.split, self.resolution, self.seed = split, resolution, seed
     self.num_objects = num_objects
     self.num_examples = num_examples or DEFAULT_SIZE[split]
+    self.heldout = heldout_pairs(heldout)
+    self._exclude = self.heldout if split == 'train' else frozenset()
 
   def scene(self, index: int) -> Scene:
     index = self.check_index(index)
     rng = split_rng(self.split, self.seed, index)
-    return sample_scene(rng, self.resolution, num_objects=self.num_objects)
+    return sample_scene(rng, self.resolution, num_objects=self.num_objects,
+                        exclude=self._exclude)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return render_example(self.scene(int(index)), self.resolution)
