@@ -52,13 +52,16 @@ import jax
 import jax.numpy as jnp
 
 from visgen.models import layers
+from visgen.models import unet as unet_lib
 from visgen.models.unet import Conv
 
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp.
 
 
-class GroupNorm(nnx.Module):
-  """GroupNorm (affine `scale`, `bias`), fp32 statistics, eps 1e-6."""
+class GroupNorm(unet_lib.GroupNorm):
+  """The U-Net's GroupNorm (affine `scale`, `bias`, fp32 statistics) with
+  SD's eps 1e-6 and no silent fallback: the channels must divide into
+  `groups` (a converted checkpoint's layout depends on it)."""
 
   def __init__(self, ch: int, *, rngs: nnx.Rngs, groups: int = 32,
                eps: float = 1e-6):
@@ -66,19 +69,7 @@ class GroupNorm(nnx.Module):
       raise ValueError(f'GroupNorm: {ch} channels are not divisible by '
                        f'norm_groups={groups}; choose channel counts that '
                        'are multiples of norm_groups.')
-    self.groups = groups
-    key = rngs.params()
-    self.scale = layers.make_param(key, layers.ones, (ch,), ('embed',))
-    self.bias = layers.make_param(key, layers.zeros, (ch,), ('embed',))
-    self.eps = eps
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    g = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
-    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
-    g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-    return g.reshape(b, h, w, c) * self.scale[...] + self.bias[...]
+    super().__init__(ch, rngs=rngs, groups=groups, eps=eps)
 
 
 class ResnetBlock2D(nnx.Module):

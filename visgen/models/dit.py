@@ -68,6 +68,19 @@ def pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   return emb.astype(np.float32)
 
 
+def patch_tokens(x: jax.Array, *, patch: int, size: int, channels: int,
+                 model: str, what: str = 'x_t') -> tuple[jax.Array, int, int]:
+  """(B, size, size, channels) -> ((B, N, p*p*C) channel-last patch tokens,
+  grid height, grid width); a wrong input shape is a ValueError naming the
+  model and the expected shape."""
+  if x.shape[1:] != (size, size, channels):
+    raise ValueError(f'{model} expects {what} of shape (B, {size}, {size}, '
+                     f'{channels}), got {x.shape}.')
+  b, p, g = x.shape[0], patch, size // patch
+  x = x.reshape(b, g, p, g, p, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, g * g, p * p * channels), g, g
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
@@ -160,13 +173,9 @@ class DiT(nnx.Module):
 
   def patchify(self, x: jax.Array, channels: int) -> jax.Array:
     """(B, H, W, C) -> (B, N, p*p*C) tokens, checking the shape."""
-    b, s, p = x.shape[0], self.input_size, self.patch
-    if x.shape[1:] != (s, s, channels):
-      raise ValueError(f'DiT expects an image input of shape (B, {s}, {s}, '
-                       f'{channels}), got {x.shape}.')
-    x = x.reshape(b, s // p, p, s // p, p, channels).transpose(
-        0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (s // p) ** 2, p * p * channels)
+    return patch_tokens(x, patch=self.patch, size=self.input_size,
+                        channels=channels, model='DiT',
+                        what='an image input')[0]
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
                *, train: bool = False, rngs: nnx.Rngs | None = None,
@@ -174,16 +183,11 @@ class DiT(nnx.Module):
     """Returns the prediction, plus a list of per-block attention maps
     (B, heads, N, N) when `return_attn` is set."""
     del train, rngs  # DiT uses no dropout (label dropout is the task's).
-    b, h, w, ch = x_t.shape
-    p, s = self.patch, self.input_size
-    if (h, w, ch) != (s, s, self.in_channels):
-      raise ValueError(f'DiT expects x_t of shape (B, {s}, {s}, '
-                       f'{self.in_channels}), got {x_t.shape}.')
+    b, p = x_t.shape[0], self.patch
+    tokens, gh, gw = patch_tokens(x_t, patch=p, size=self.input_size,
+                                  channels=self.in_channels, model='DiT')
     cond = layers.check_cond(cond, self.cond_keys, 'DiT')
-    gh, gw = h // p, w // p
-    # Patchify: (B, gh, p, gw, p, C) -> (B, N, p*p*C), channel-last patches.
-    x = x_t.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
-    x = self.x_embed(x.reshape(b, gh * gw, p * p * ch))
+    x = self.x_embed(tokens)
     if self.concat_embed is not None:
       x = x + self.concat_embed(self.patchify(cond['concat'].astype(
           x_t.dtype), self.concat_channels))
@@ -211,5 +215,5 @@ class DiT(nnx.Module):
     x = self.final(modulate(layers.layer_norm(x), shift, scale))
     oc = self.out_channels
     x = x.reshape(b, gh, gw, p, p, oc).transpose(0, 1, 3, 2, 4, 5)
-    out = x.reshape(b, h, w, oc).astype(x_t.dtype)
+    out = x.reshape(b, gh * p, gw * p, oc).astype(x_t.dtype)
     return (out, maps) if return_attn else out

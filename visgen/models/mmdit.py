@@ -141,17 +141,13 @@ class MMDiT(nnx.Module):
   def __call__(self, x_t, t, cond=None, *, train: bool = False,
                rngs: nnx.Rngs | None = None):
     del train, rngs
-    b, h, w, ch = x_t.shape
-    p, s = self.patch, self.input_size
-    if (h, w, ch) != (s, s, self.in_channels):
-      raise ValueError(f'MMDiT expects x_t of shape (B, {s}, {s}, '
-                       f'{self.in_channels}), got {x_t.shape}.')
+    b, p = x_t.shape[0], self.patch
+    tokens, gh, gw = dit.patch_tokens(x_t, patch=p, size=self.input_size,
+                                      channels=self.in_channels, model='MMDiT')
     cond = layers.check_cond(cond, self.cond_keys, 'MMDiT')
     text, mask, pooled = self.text(cond)
     c = self.c_embed(text)
-    gh, gw = h // p, w // p
-    x = x_t.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
-    x = self.x_embed(x.reshape(b, gh * gw, p * p * ch))
+    x = self.x_embed(tokens)
     x = x + jnp.asarray(dit.pos_embed_2d(self.width, gh, gw))
     y = self.t_embed(jnp.broadcast_to(t, (b,)))
     if self.pooled_embed is not None:
@@ -162,4 +158,4 @@ class MMDiT(nnx.Module):
     x = self.final(dit.modulate(layers.layer_norm(x), shift, scale))
     oc = self.out_channels
     x = x.reshape(b, gh, gw, p, p, oc).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, oc).astype(x_t.dtype)
+    return x.reshape(b, gh * p, gw * p, oc).astype(x_t.dtype)
