@@ -100,7 +100,7 @@ def plot(curves: dict, path: str, *, floor: float | None) -> None:
   ax.set_xlabel('training wall clock (s, 2 shared CPU cores)')
   ax.set_ylabel('shapes-FID')
   ax.set_title('32x32 shapes scenes, class-conditional')
-  ax.legend(fontsize=7, loc='best')
+  ax.legend(fontsize=7, loc='lower left')
   ax.grid(True, which='both', alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -20,8 +20,12 @@ Reading a scene is two steps:
    ground truth (`semantic_mask`, train split), or the ground truth itself
    (`tests` and the rule ceiling);
 2. deterministic grouping: each object pixel takes the nearest of the six
-   object colours; objects are the 4-connected components of equal (shape,
-   colour) with at least `min_pixels` pixels; an object's centre is the
+   object colours; objects are the 4-connected components of one colour
+   with at least `min_pixels` pixels, their shape the majority label of the
+   map inside (a component whose second label holds 30% of it is two
+   touching objects and is split by label: 0.3 chosen on the train split,
+   where it gives the network's maps 0.829 overall and the true maps 0.931);
+   an object's centre is the
    mean of its pixels and its size is large iff its bounding box's longer
    side exceeds `large_extent` = 9 pixels at 32x32 (scaled with resolution;
    chosen on the train split).
@@ -49,6 +53,8 @@ from scipy import ndimage
 from visgen import config_lib
 from visgen.data import shapes
 
+# Bumped whenever `group` changes: cached ceilings are keyed by it.
+RULES_VERSION = 2
 CATEGORIES = ('shape', 'colour', 'size', 'count', 'position', 'overall')
 RELATIONS = ('left of', 'right of', 'above', 'below')
 
@@ -66,7 +72,8 @@ class Found:
 
 
 def group(image_HxWx3: np.ndarray, shape_map_HxW: np.ndarray, *,
-          min_pixels: int = 4, large_extent: float | None = None
+          min_pixels: int = 4, large_extent: float | None = None,
+          split: float = 0.3
           ) -> list[Found]:
   """Objects of one image from its per-pixel shape map (see the module
   docstring); sorted by size of component, largest first."""
@@ -78,21 +85,34 @@ def group(image_HxWx3: np.ndarray, shape_map_HxW: np.ndarray, *,
       np.float32)) ** 2).sum(-1)
   colour = d.argmin(-1)
   found = []
-  for s in range(len(shapes.SHAPES)):
-    is_s = shape_map_HxW == s + 1
-    if not is_s.any():
-      continue
-    for c in np.unique(colour[is_s]):
-      comps, n = ndimage.label(is_s & (colour == c))
-      for k in range(1, n + 1):
-        ys, xs = np.nonzero(comps == k)
-        if len(ys) < min_pixels:
-          continue
-        extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-        found.append(Found(shape=s, colour=int(c),
-                           size=int(extent > large_extent),
-                           cx=float(xs.mean() + 0.5), cy=float(ys.mean() + 0.5),
-                           pixels=len(ys)))
+
+  def add(ys, xs, shape):
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    found.append(Found(shape=int(shape), colour=int(c),
+                       size=int(extent > large_extent),
+                       cx=float(xs.mean() + 0.5), cy=float(ys.mean() + 0.5),
+                       pixels=len(ys)))
+
+  is_object = shape_map_HxW > 0
+  for c in np.unique(colour[is_object]):
+    comps, n = ndimage.label(is_object & (colour == c))
+    for k in range(1, n + 1):
+      ys, xs = np.nonzero(comps == k)
+      if len(ys) < min_pixels:
+        continue
+      votes = np.bincount(shape_map_HxW[ys, xs] - 1,
+                          minlength=len(shapes.SHAPES))
+      order = np.argsort(-votes)
+      if votes[order[1]] < max(min_pixels, split * len(ys)):
+        add(ys, xs, order[0])  # One object; stray labels at its edges.
+        continue
+      # Two objects of one colour touching: split by shape label.
+      for s in np.nonzero(votes >= min_pixels)[0]:
+        sub, m = ndimage.label((comps == k) & (shape_map_HxW == s + 1))
+        for q in range(1, m + 1):
+          sy, sx = np.nonzero(sub == q)
+          if len(sy) >= min_pixels:
+            add(sy, sx, s)
   return sorted(found, key=lambda f: -f.pixels)
 
 
@@ -277,7 +297,7 @@ class SceneParser:
   def ceiling(self, num: int = 500) -> dict[str, float]:
     """Prompt accuracy of real test scenes against their own captions
     (cached beside the weights), and the pixel accuracy of the shape map."""
-    meta = self.path + f'_ceiling_{num}.json'
+    meta = self.path + f'_ceiling_v{RULES_VERSION}_{num}.json'
     if os.path.exists(meta):
       with open(meta) as f:
         return json.load(f)
