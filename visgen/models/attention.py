@@ -5,8 +5,21 @@ Implementations (`impl`):
   'dpa':  `jax.nn.dot_product_attention(implementation='xla')`.
 Attention maps can be returned on request (for attention-based probes); the
 'xla' path is used whenever they are.
+
+`capture()` records the maps of every SelfAttention call made inside it,
+in call order, without any change to a model or its parameters (DiffSeg,
+probes):
+
+  with attention.capture() as maps:
+    out = apply(params, x_t, t, cond)     # eager or inside jax.jit
+  # maps: [(B, heads, N, N), ...] one per attention call
+
+Inside `jax.jit` return the maps from the traced function. A model built
+with `remat` wraps blocks in their own trace: build it without remat to
+capture (the parameters are the same).
 """
 
+import contextlib
 from typing import Any
 
 from flax import nnx
@@ -16,6 +29,19 @@ import jax.numpy as jnp
 from visgen.models import layers
 
 IMPLS = ('xla', 'dpa')
+_CAPTURING: list[list] = []  # a stack of open `capture()` lists
+
+
+@contextlib.contextmanager
+def capture():
+  """Collects the (B, heads, N, N) attention probabilities of every
+  SelfAttention call made while open (see the module docstring)."""
+  maps: list = []
+  _CAPTURING.append(maps)
+  try:
+    yield maps
+  finally:
+    _CAPTURING.remove(maps)
 
 
 def attention_xla(q, k, v, *, dtype, return_attn: bool = False):
@@ -59,11 +85,15 @@ class SelfAttention(nnx.Module):
     # made XLA build the qkv gradient from three padded copies.
     q, k, v = (a.reshape(b, n, h, d // h)
                for a in jnp.split(self.qkv(x), 3, axis=-1))
-    if self.impl == 'xla' or return_attn:
+    capturing = bool(_CAPTURING)
+    if self.impl == 'xla' or return_attn or capturing:
       q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
       out, probs = attention_xla(q, k, v, dtype=self.attn_dtype,
-                                 return_attn=return_attn)
+                                 return_attn=return_attn or capturing)
       out = out.transpose(0, 2, 1, 3)
+      if capturing:
+        _CAPTURING[-1].append(probs)
+        probs = probs if return_attn else None
     else:
       dt = self.attn_dtype
       out = jax.nn.dot_product_attention(

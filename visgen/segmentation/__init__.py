@@ -1,0 +1,1 @@
+"""Segmentation from a diffusion model's attention (DiffSeg) and its baselines."""
