@@ -154,5 +154,9 @@ def kmeans_segment(image_HxWx3: np.ndarray, k: int, *, seed: int = 0,
     yy, xx = np.mgrid[:h, :w]
     feats = np.concatenate([feats, xy_weight * np.stack(
         [yy.ravel() / h, xx.ravel() / w], 1)], 1)
+  # No more clusters than distinct points (a plain image is one segment).
+  k = min(k, len(np.unique(feats, axis=0)))
+  if k <= 1:
+    return np.zeros((h, w), int)
   _, labels = vq.kmeans2(feats, k, seed=seed, minit='++')
   return labels.reshape(h, w)
