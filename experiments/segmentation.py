@@ -18,11 +18,20 @@ object) by Hungarian-matched mIoU, beside:
 DiffSeg's t and KL threshold are chosen on `--tune` train scenes (grid
 below), then fixed for the test scenes.
 
+Representation probes: every block output the model records
+(`visgen.models.layers.capture_features`: U-Net levels down, middle, up;
+DiT/MLP blocks), mean-pooled over space, at t in PROBE_TS, feeds a logistic
+regression (scikit-learn) trained on `--probe_train` train scenes to
+predict the scene label (shape of the largest object); accuracy on
+`--probe_test` test scenes, beside the same probe on the discriminative
+`shapes` feature net's pooled features and that net's own classifier.
+
 Writes DIR/results.json ({"diffseg_miou", "kmeans_miou", "supervised_miou",
-"diffseg_t", "diffseg_threshold", "tuning": [...], "probes": [], "dense":
-{}} -- representation probes and dense prediction are not built yet),
-prints a Markdown table and saves DIR/segmentation.png (mIoU per method and
-example segmentations).
+"diffseg_t", "diffseg_threshold", "tuning": [...], "probes": [{source,
+feature, t, accuracy}], "dense": {}} -- dense prediction is not built yet),
+prints Markdown tables and saves DIR/segmentation.png (mIoU per method and
+example segmentations) and DIR/probes.png (probe accuracy over blocks, one
+line per t).
 """
 
 import argparse
@@ -42,6 +51,7 @@ from visgen.models import attention
 from visgen.segmentation import diffseg
 
 TS = (0.2, 0.4, 0.6)
+PROBE_TS = (0.1, 0.3, 0.6, 0.9)
 THRESHOLDS = (0.3, 0.6, 1.0, 1.5)
 
 
@@ -94,6 +104,105 @@ def _instances(image, shape_map):
   return found_labels
 
 
+def _features_fn(b, state):
+  """images uint8, t -> {feature name: (B, C) spatially mean-pooled}."""
+  from visgen.models import layers  # pylint: disable=g-import-not-at-top
+  task, params = b.task, builder.first_ema(state)
+
+  @jax.jit
+  def run(images, t, key):
+    x0 = images.astype(jnp.float32) / 127.5 - 1.0
+    n = x0.shape[0]
+    tt = jnp.full((n,), t)
+    x_t = task.path.sample_xt(x0=x0, eps=jax.random.normal(key, x0.shape),
+                              t=tt)
+    cond = (task.null_cond(b.frozen.params, n) if hasattr(task, 'null_cond')
+            else {})
+    with layers.capture_features() as feats:
+      b.apply(params, x_t, tt, cond)
+    return {k: v.reshape(n, -1, v.shape[-1]).mean(1)
+            for k, v in feats.items()}
+
+  return run
+
+
+def _probe(train_x, train_y, test_x, test_y) -> float:
+  """Test accuracy of a logistic-regression probe on standardised
+  features."""
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+  clf = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                               linear_model.LogisticRegression(max_iter=2000))
+  clf.fit(train_x, train_y)
+  return float(clf.score(test_x, test_y))
+
+
+def probes(b, state, res, *, ts, num_train, num_test, batch):
+  """Linear probes of the scene label (shape of the largest object) on
+  every captured block feature at every t, and on the discriminative
+  `shapes` feature net's pooled features (its own classifier beside)."""
+  from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
+
+  def scenes(split, n):
+    src = shapes.ShapesSource(split=split, resolution=res)
+    ex = [src[i] for i in range(n)]
+    return (np.stack([e['image'] for e in ex]),
+            np.array([int(e['label']) for e in ex]))
+
+  tr_im, tr_y = scenes('train', num_train)
+  te_im, te_y = scenes('test', num_test)
+  run = _features_fn(b, state)
+  key = jax.random.key(1)
+
+  def feats(images, t):
+    parts = [run(images[i:i + batch], t, jax.random.fold_in(key, i))
+             for i in range(0, len(images), batch)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts])
+            for k in parts[0]}
+
+  rows = []
+  for t in ts:
+    ftr, fte = feats(tr_im, t), feats(te_im, t)
+    for name in ftr:
+      rows.append(dict(source='generator', feature=name, t=t,
+                       accuracy=_probe(ftr[name], tr_y, fte[name], te_y)))
+  net = feature_nets.get_feature_net('shapes')
+  ntr, nte = net(tr_im), net(te_im)
+  rows.append(dict(source='shapes feature net', feature='pool', t=0.0,
+                   accuracy=_probe(ntr['pool'], tr_y, nte['pool'], te_y)))
+  rows.append(dict(source='shapes feature net', feature='classifier', t=0.0,
+                   accuracy=float(np.mean(nte['logits'].argmax(-1) == te_y))))
+  return rows
+
+
+def plot_probes(path, rows):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  gen = [r for r in rows if r['source'] == 'generator']
+  names = list(dict.fromkeys(r['feature'] for r in gen))
+  fig, ax = plt.subplots(figsize=(7.5, 4))
+  for t in sorted({r['t'] for r in gen}):
+    acc = {r['feature']: r['accuracy'] for r in gen if r['t'] == t}
+    ax.plot(range(len(names)), [acc[n] for n in names], 'o-', label=f't={t}')
+  for r in rows:
+    if r['source'] != 'generator':
+      ax.axhline(r['accuracy'], ls='--' if r['feature'] == 'pool' else ':',
+                 color='0.4', label=f'feature net ({r["feature"]})')
+  ax.axhline(0.25, color='0.8', label='chance')
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels(names)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel('block (input -> output)')
+  ax.set_ylabel('linear-probe accuracy (scene label)')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def plot(path, results, examples):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -128,6 +237,8 @@ def main(argv=None):
   p.add_argument('--num', type=int, default=200)
   p.add_argument('--tune', type=int, default=40)
   p.add_argument('--batch', type=int, default=50)
+  p.add_argument('--probe_train', type=int, default=2000)
+  p.add_argument('--probe_test', type=int, default=500)
   a = p.parse_args(argv)
   os.makedirs(a.workdir, exist_ok=True)
   t0 = time.time()
@@ -172,8 +283,10 @@ def main(argv=None):
                                  for s, m in zip(km, masks)])),
       supervised_miou=float(np.mean([diffseg.miou(s, m)
                                      for s, m in zip(sup, masks)])),
-      tuning=tuning, probes=[], dense={},
-      wall_s=round(time.time() - t0, 1))
+      tuning=tuning,
+      probes=probes(b, state, res, ts=PROBE_TS, num_train=a.probe_train,
+                    num_test=a.probe_test, batch=a.batch),
+      dense={}, wall_s=round(time.time() - t0, 1))
   maps = run(images[:3], best['t'], key)
   segs = _diffseg_all(maps, res, best['threshold'])
   examples = [dict(image=images[i], truth=masks[i], diffseg=segs[i],
@@ -181,11 +294,16 @@ def main(argv=None):
   with open(os.path.join(a.workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
   plot(os.path.join(a.workdir, 'segmentation.png'), results, examples)
+  plot_probes(os.path.join(a.workdir, 'probes.png'), results['probes'])
   print('| method | mIoU |\n|---|---|')
   for n in ('diffseg', 'kmeans', 'supervised'):
     print(f'| {n} | {results[n + "_miou"]:.3f} |')
   print(f'DiffSeg t={best["t"]}, threshold={best["threshold"]} (tuned on '
         f'{a.tune} train scenes); {results["wall_s"]} s')
+  print('\n| probe source | feature | t | accuracy |\n|---|---|---|---|')
+  for r in results['probes']:
+    print(f'| {r["source"]} | {r["feature"]} | {r["t"]} | '
+          f'{r["accuracy"]:.3f} |')
   return results
 
 

@@ -111,3 +111,34 @@ def test_capture_returns_every_map_and_changes_nothing(name, kw):
   else:  # 8x8 and 4x4 blocks on the way down and up, and the middle.
     assert {m.shape[2] for m in maps} == {64, 16}
   assert not attention._CAPTURING  # pylint: disable=protected-access
+
+
+def test_feature_capture_names_every_block_and_changes_nothing():
+  from visgen.models import layers  # pylint: disable=g-import-not-at-top
+
+  cases = [
+      ('dit', dict(input_size=8, in_channels=3, patch=2, width=32, depth=2,
+                   heads=2, num_classes=0), (2, 8, 8, 3),
+       {'block0': (2, 16, 32), 'block1': (2, 16, 32)}),
+      ('unet', dict(input_size=8, in_channels=3, model_channels=16,
+                    channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(), num_heads=2, num_classes=0),
+       (2, 8, 8, 3), None),
+      ('mlp', dict(dim=6, width=16, depth=3, num_classes=0), (2, 6),
+       {f'block{i}': (2, 16) for i in range(3)}),
+  ]
+  for name, kw, shape, want in cases:
+    model = models.get_model(name, rngs=nnx.Rngs(0), **kw)
+    graphdef, params = nnx.split(model)
+    apply = models.make_apply(graphdef)
+    x = jax.random.normal(jax.random.key(1), shape)
+    t = jnp.array([0.3, 0.8])
+    with layers.capture_features() as feats:
+      out = apply(params, x, t, {})
+    np.testing.assert_array_equal(out, apply(params, x, t, {}))
+    got = {k: v.shape for k, v in feats.items()}
+    if want is None:  # U-Net: every level down and up, and the middle.
+      assert {'down0', 'mid', 'up0'} <= set(got), got
+      assert all(len(s) == 4 and s[0] == 2 for s in got.values()), got
+    else:
+      assert got == want, (name, got)

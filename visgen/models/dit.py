@@ -210,6 +210,7 @@ class DiT(nnx.Module):
       x, probs = run_block(block, x, c)
       if i < len(residuals):
         x = x + residuals[i].astype(x.dtype)
+      layers.record_feature(f'block{i}', x)
       maps.append(probs)
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)), 2, axis=-1)
     x = self.final(modulate(layers.layer_norm(x), shift, scale))

@@ -10,6 +10,7 @@ bf16 x bf16 -> bf16 is slower than fp32 while bf16 with fp32 accumulation runs
 at about twice the fp32 rate (environment.md §4).
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -213,6 +214,35 @@ class LabelEmbedder(nnx.Module):
 
   def __call__(self, label_B: jax.Array) -> jax.Array:
     return jnp.take(self.table[...], label_B.astype(jnp.int32), axis=0)
+
+
+_FEATURES: list[dict] = []  # a stack of open `capture_features()` dicts
+
+
+@contextlib.contextmanager
+def capture_features():
+  """Collects named intermediate activations (`record_feature`) of every
+  model call made while open, e.g. for representation probes:
+
+    with layers.capture_features() as feats:
+      apply(params, x_t, t, cond)     # eager or inside jax.jit
+    # feats: {'block0': (B, N, D), ...} (DiT), {'down0': (B, H, W, C),
+    #         ..., 'mid': ..., 'up0': ...} (U-Net), {'block0': (B, W)} (MLP)
+
+  Parameters and outputs are unchanged; build remat models without remat
+  to capture (one trace)."""
+  feats: dict = {}
+  _FEATURES.append(feats)
+  try:
+    yield feats
+  finally:
+    _FEATURES.remove(feats)
+
+
+def record_feature(name: str, x: jax.Array) -> None:
+  """Records x under `name` when a `capture_features()` is open."""
+  if _FEATURES:
+    _FEATURES[-1][name] = x
 
 
 def check_cond(cond: dict | None, keys: tuple[str, ...], model: str) -> dict:

@@ -65,6 +65,7 @@ class MLPDenoiser(nnx.Module):
     if self.y_embed is not None:
       emb = emb + self.y_embed(cond['label'])
     h = self.inp(x_t)
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
       h = block(h, emb)
+      layers.record_feature(f'block{i}', h)
     return self.out(jax.nn.silu(h)).astype(x_t.dtype)

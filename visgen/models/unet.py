@@ -314,10 +314,12 @@ class UNet(nnx.Module):
                          f'{s}, {self.concat_channels}), got {c.shape}.')
       h = h + self.concat_in(space_to_depth(c.astype(x_t.dtype), self.patch))
     hs = [h]
-    for blk in self.down:
+    for i, blk in enumerate(self.down):
       h = self._run(blk, h, emb, train, rngs, ctx)
+      layers.record_feature(f'down{i}', h)
       hs.append(h)
     h = self._run(self.mid, h, emb, train, rngs, ctx)
+    layers.record_feature('mid', h)
     if residuals is not None:
       down = list(residuals['down'])
       if len(down) != len(hs):
@@ -325,8 +327,9 @@ class UNet(nnx.Module):
                          f'{len(hs)} skip connections.')
       hs = [a + r.astype(a.dtype) for a, r in zip(hs, down)]
       h = h + residuals['mid'].astype(h.dtype)
-    for blk in self.up:
+    for i, blk in enumerate(self.up):
       h = self._run(blk, jnp.concatenate([h, hs.pop()], axis=-1), emb, train,
                     rngs, ctx)
+      layers.record_feature(f'up{i}', h)
     h = self.conv_out(jax.nn.silu(self.norm_out(h)))
     return depth_to_space(h, self.patch).astype(x_t.dtype)
