@@ -52,7 +52,7 @@ from visgen.segmentation import diffseg
 
 TS = (0.2, 0.4, 0.6)
 PROBE_TS = (0.1, 0.3, 0.6, 0.9)
-THRESHOLDS = (0.3, 0.6, 1.0, 1.5)
+THRESHOLDS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _scenes(split, num, res):
