@@ -56,27 +56,35 @@ THRESHOLDS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _scenes(split, num, res):
+  """(images, instance masks, labels) of the first `num` scenes."""
   src = shapes.ShapesSource(split=split, resolution=res)
   ex = [src[i] for i in range(num)]
   return (np.stack([e['image'] for e in ex]),
-          np.stack([e['instance_mask'][..., 0] for e in ex]))
+          np.stack([e['instance_mask'][..., 0] for e in ex]),
+          np.array([int(e['label']) for e in ex]))
+
+
+def _noised(b, images, t, key):
+  """(x_t, t, unconditional cond) of uint8 images at time t."""
+  task = b.task
+  x0 = images.astype(jnp.float32) / 127.5 - 1.0
+  n = x0.shape[0]
+  tt = jnp.full((n,), t)
+  x_t = task.path.sample_xt(x0=x0, eps=jax.random.normal(key, x0.shape),
+                            t=tt)
+  cond = (task.null_cond(b.frozen.params, n) if hasattr(task, 'null_cond')
+          else {})
+  return x_t, tt, cond
 
 
 def _attention_fn(b, state):
   """images uint8 (B, H, W, 3), t -> list of (B, heads, N, N) maps."""
-  task, params = b.task, builder.first_ema(state)
+  params = builder.first_ema(state)
 
   @jax.jit
   def run(images, t, key):
-    x0 = images.astype(jnp.float32) / 127.5 - 1.0
-    n = x0.shape[0]
-    tt = jnp.full((n,), t)
-    eps = jax.random.normal(key, x0.shape)
-    x_t = task.path.sample_xt(x0=x0, eps=eps, t=tt)
-    cond = (task.null_cond(b.frozen.params, n) if hasattr(task, 'null_cond')
-            else {})
     with attention.capture() as maps:
-      b.apply(params, x_t, tt, cond)
+      b.apply(params, *_noised(b, images, t, key))
     return maps
 
   return run
@@ -91,9 +99,7 @@ def _diffseg_all(maps, res, threshold):
 def _instances(image, shape_map):
   """The supervised parser's objects as an instance label map."""
   found_labels = np.zeros(shape_map.shape, int)
-  colour = ((image[:, :, None, :].astype(np.float32) -
-             shapes.COLOUR_VALUES[None, None].astype(np.float32)) ** 2
-            ).sum(-1).argmin(-1)
+  colour = scene_parser.nearest_colour(image)
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
   k = 0
   for c in np.unique(colour[shape_map > 0]):
@@ -107,19 +113,13 @@ def _instances(image, shape_map):
 def _features_fn(b, state):
   """images uint8, t -> {feature name: (B, C) spatially mean-pooled}."""
   from visgen.models import layers  # pylint: disable=g-import-not-at-top
-  task, params = b.task, builder.first_ema(state)
+  params = builder.first_ema(state)
 
   @jax.jit
   def run(images, t, key):
-    x0 = images.astype(jnp.float32) / 127.5 - 1.0
-    n = x0.shape[0]
-    tt = jnp.full((n,), t)
-    x_t = task.path.sample_xt(x0=x0, eps=jax.random.normal(key, x0.shape),
-                              t=tt)
-    cond = (task.null_cond(b.frozen.params, n) if hasattr(task, 'null_cond')
-            else {})
     with layers.capture_features() as feats:
-      b.apply(params, x_t, tt, cond)
+      b.apply(params, *_noised(b, images, t, key))
+    n = images.shape[0]
     return {k: v.reshape(n, -1, v.shape[-1]).mean(1)
             for k, v in feats.items()}
 
@@ -144,14 +144,8 @@ def probes(b, state, res, *, ts, num_train, num_test, batch):
   `shapes` feature net's pooled features (its own classifier beside)."""
   from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
 
-  def scenes(split, n):
-    src = shapes.ShapesSource(split=split, resolution=res)
-    ex = [src[i] for i in range(n)]
-    return (np.stack([e['image'] for e in ex]),
-            np.array([int(e['label']) for e in ex]))
-
-  tr_im, tr_y = scenes('train', num_train)
-  te_im, te_y = scenes('test', num_test)
+  tr_im, _, tr_y = _scenes('train', num_train, res)
+  te_im, _, te_y = _scenes('test', num_test, res)
   run = _features_fn(b, state)
   key = jax.random.key(1)
 
@@ -260,7 +254,7 @@ def main(argv=None):
           out[th].append(diffseg.miou(seg, m))
     return {th: float(np.mean(v)) for th, v in out.items()}
 
-  tr_images, tr_masks = _scenes('train', a.tune, res)
+  tr_images, tr_masks, _ = _scenes('train', a.tune, res)
   tuning = []
   for t in TS:
     for th, score in diffseg_scores(tr_images, tr_masks, t,
@@ -268,7 +262,7 @@ def main(argv=None):
       tuning.append(dict(t=t, threshold=th, miou=score))
   best = max(tuning, key=lambda r: r['miou'])
 
-  images, masks = _scenes('test', a.num, res)
+  images, masks, _ = _scenes('test', a.num, res)
   ds = diffseg_scores(images, masks, best['t'], (best['threshold'],))
   km = [diffseg.kmeans_segment(im, 4) for im in images]
   parser = scene_parser.SceneParser(scene_parser.Recipe(resolution=res))

@@ -71,6 +71,14 @@ class Found:
   pixels: int
 
 
+def nearest_colour(image_HxWx3: np.ndarray) -> np.ndarray:
+  """(H, W) index of the nearest of the six object colours per pixel."""
+  rgb = image_HxWx3.astype(np.float32)
+  d = ((rgb[:, :, None, :] - shapes.COLOUR_VALUES[None, None].astype(
+      np.float32)) ** 2).sum(-1)
+  return d.argmin(-1)
+
+
 def group(image_HxWx3: np.ndarray, shape_map_HxW: np.ndarray, *,
           min_pixels: int = 4, large_extent: float | None = None,
           split: float = 0.3
@@ -80,10 +88,7 @@ def group(image_HxWx3: np.ndarray, shape_map_HxW: np.ndarray, *,
   h = image_HxWx3.shape[0]
   if large_extent is None:
     large_extent = 9.0 * h / 32  # Chosen on the train split (ground-truth maps).
-  rgb = image_HxWx3.astype(np.float32)
-  d = ((rgb[:, :, None, :] - shapes.COLOUR_VALUES[None, None].astype(
-      np.float32)) ** 2).sum(-1)
-  colour = d.argmin(-1)
+  colour = nearest_colour(image_HxWx3)
   found = []
 
   def add(ys, xs, shape):
