@@ -1,7 +1,8 @@
 r"""Segmentation of scene-world images from a generator's self-attention.
 
   python -m experiments.segmentation --workdir=DIR --generator=GEN_WORKDIR \
-      [--num=200] [--tune=40]
+      [--digits_generator=workdirs/quickstart] [--num=200] [--tune=40] \
+      [--probe_train=1000] [--probe_test=297]
 
 GEN_WORKDIR is any trained workdir of a 32x32 `shapes` generator whose model
 has self-attention (e.g. configs/t2i_shapes.py: U-Net attention at 8x8, 4x4
@@ -67,13 +68,12 @@ def _scenes(split, num, res):
 def _noised(b, images, t, key):
   """(x_t, t, unconditional cond) of uint8 images at time t."""
   task = b.task
-  x0 = images.astype(jnp.float32) / 127.5 - 1.0
+  x0 = task.to_x0({'image': images}, b.frozen.params)  # the model's space
   n = x0.shape[0]
   tt = jnp.full((n,), t)
   x_t = task.path.sample_xt(x0=x0, eps=jax.random.normal(key, x0.shape),
                             t=tt)
-  cond = (task.null_cond(b.frozen.params, n) if hasattr(task, 'null_cond')
-          else {})
+  cond = task.null_cond(b.frozen.params, n)
   return x_t, tt, cond
 
 
@@ -126,6 +126,10 @@ def _features_fn(b, state):
   return run
 
 
+def _majority(labels) -> float:
+  return float(np.bincount(labels).max() / len(labels))
+
+
 def _probe(train_x, train_y, test_x, test_y) -> float:
   """Test accuracy of a logistic-regression probe on standardised
   features."""
@@ -138,14 +142,27 @@ def _probe(train_x, train_y, test_x, test_y) -> float:
   return float(clf.score(test_x, test_y))
 
 
-def probes(b, state, res, *, ts, num_train, num_test, batch):
-  """Linear probes of the scene label (shape of the largest object) on
-  every captured block feature at every t, and on the discriminative
-  `shapes` feature net's pooled features (its own classifier beside)."""
+def _labelled(dataset, split, num, res):
+  """(uint8 images, labels): scenes (label = shape of the largest object)
+  or digits (the digit)."""
+  if dataset == 'shapes':
+    images, _, labels = _scenes(split, num, res)
+    return images, labels
+  from visgen.evaluators import datasets  # pylint: disable=g-import-not-at-top
+  d = datasets.load_images(dataset, split=split, size=res, num_examples=num)
+  return d['image'], np.asarray(d['label'])
+
+
+def probes(b, state, res, *, ts, num_train, num_test, batch,
+           dataset='shapes'):
+  """Linear probes of the label (scenes: shape of the largest object;
+  digits: the digit) on every captured block feature at every t, and on
+  the discriminative feature net of that dataset (its pooled features, and
+  its own classifier beside)."""
   from visgen.evaluators import feature_nets  # pylint: disable=g-import-not-at-top
 
-  tr_im, _, tr_y = _scenes('train', num_train, res)
-  te_im, _, te_y = _scenes('test', num_test, res)
+  tr_im, tr_y = _labelled(dataset, 'train', num_train, res)
+  te_im, te_y = _labelled(dataset, 'test', num_test, res)
   run = _features_fn(b, state)
   key = jax.random.key(1)
 
@@ -159,18 +176,21 @@ def probes(b, state, res, *, ts, num_train, num_test, batch):
   for t in ts:
     ftr, fte = feats(tr_im, t), feats(te_im, t)
     for name in ftr:
-      rows.append(dict(source='generator', feature=name, t=t,
-                       accuracy=_probe(ftr[name], tr_y, fte[name], te_y)))
-  net = feature_nets.get_feature_net('shapes')
+      rows.append(dict(dataset=dataset, source='generator', feature=name,
+                       t=t, accuracy=_probe(ftr[name], tr_y, fte[name],
+                                            te_y)))
+  net = feature_nets.get_feature_net(dataset)
   ntr, nte = net(tr_im), net(te_im)
-  rows.append(dict(source='shapes feature net', feature='pool', t=0.0,
+  rows.append(dict(dataset=dataset, source=f'{dataset} feature net',
+                   feature='pool', t=0.0,
                    accuracy=_probe(ntr['pool'], tr_y, nte['pool'], te_y)))
-  rows.append(dict(source='shapes feature net', feature='classifier', t=0.0,
+  rows.append(dict(dataset=dataset, source=f'{dataset} feature net',
+                   feature='classifier', t=0.0,
                    accuracy=float(np.mean(nte['logits'].argmax(-1) == te_y))))
   return rows
 
 
-def plot_probes(path, rows):
+def plot_probes(path, rows, chance):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -185,12 +205,12 @@ def plot_probes(path, rows):
     if r['source'] != 'generator':
       ax.axhline(r['accuracy'], ls='--' if r['feature'] == 'pool' else ':',
                  color='0.4', label=f'feature net ({r["feature"]})')
-  ax.axhline(0.25, color='0.8', label='chance')
+  ax.axhline(chance, color='0.8', label='majority class')
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names)
   ax.set_ylim(0, 1)
   ax.set_xlabel('block (input -> output)')
-  ax.set_ylabel('linear-probe accuracy (scene label)')
+  ax.set_ylabel(f'linear-probe accuracy ({rows[0]["dataset"]} label)')
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -233,6 +253,9 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=50)
   p.add_argument('--probe_train', type=int, default=2000)
   p.add_argument('--probe_test', type=int, default=500)
+  p.add_argument('--digits_generator', default=None,
+                 help='a digits workdir (e.g. the quickstart): probes of '
+                 'the digit label on its blocks too')
   a = p.parse_args(argv)
   os.makedirs(a.workdir, exist_ok=True)
   t0 = time.time()
@@ -280,7 +303,21 @@ def main(argv=None):
       tuning=tuning,
       probes=probes(b, state, res, ts=PROBE_TS, num_train=a.probe_train,
                     num_test=a.probe_test, batch=a.batch),
-      dense={}, wall_s=round(time.time() - t0, 1))
+      dense={})
+  chance = {'shapes': _majority(_labelled('shapes', 'test', a.probe_test,
+                                          res)[1])}
+  if a.digits_generator:
+    dconfig = config_loader.load_workdir(a.digits_generator)
+    db, dstate, _ = builder.restore(dconfig, a.digits_generator)
+    dres = int(dconfig.data.get('size', 8))
+    results['probes'] += probes(db, dstate, dres, ts=PROBE_TS,
+                                num_train=a.probe_train,
+                                num_test=a.probe_test, batch=a.batch,
+                                dataset='digits')
+    chance['digits'] = _majority(_labelled('digits', 'test', a.probe_test,
+                                           dres)[1])
+  results['probe_majority_rate'] = chance
+  results['wall_s'] = round(time.time() - t0, 1)
   maps = run(images[:3], best['t'], key)
   segs = _diffseg_all(maps, res, best['threshold'])
   examples = [dict(image=images[i], truth=masks[i], diffseg=segs[i],
@@ -288,16 +325,21 @@ def main(argv=None):
   with open(os.path.join(a.workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
   plot(os.path.join(a.workdir, 'segmentation.png'), results, examples)
-  plot_probes(os.path.join(a.workdir, 'probes.png'), results['probes'])
+  for ds, rate in chance.items():
+    plot_probes(os.path.join(a.workdir, 'probes.png' if ds == 'shapes' else
+                             f'probes_{ds}.png'),
+                [r for r in results['probes'] if r['dataset'] == ds], rate)
   print('| method | mIoU |\n|---|---|')
   for n in ('diffseg', 'kmeans', 'supervised'):
     print(f'| {n} | {results[n + "_miou"]:.3f} |')
   print(f'DiffSeg t={best["t"]}, threshold={best["threshold"]} (tuned on '
         f'{a.tune} train scenes); {results["wall_s"]} s')
-  print('\n| probe source | feature | t | accuracy |\n|---|---|---|---|')
+  print('\n| data | probe source | feature | t | accuracy |\n'
+        '|---|---|---|---|---|')
   for r in results['probes']:
-    print(f'| {r["source"]} | {r["feature"]} | {r["t"]} | '
+    print(f'| {r["dataset"]} | {r["source"]} | {r["feature"]} | {r["t"]} | '
           f'{r["accuracy"]:.3f} |')
+  print(f'majority-class rates: {chance}')
   return results
 
 

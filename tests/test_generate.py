@@ -134,3 +134,9 @@ def test_tasks_whose_conditions_come_from_data_ask_for_nothing():
   for cls in (bridge.BridgeTask, controlnet.ControlNetTask,
               instruct_edit.InstructEditTask, video.VideoTask):
     assert cls.REQUESTS == (), cls
+
+
+def test_null_cond_is_the_null_class(workdirs):
+  task = builder.build(config_loader.load_workdir(workdirs['qs'])).task
+  np.testing.assert_array_equal(task.null_cond(None, 3)['label'],
+                                [10, 10, 10])

@@ -215,6 +215,14 @@ class GenerationTask:
     """A held-out batch's labels (no dropout)."""
     return self.cond(batch, None)
 
+  def null_cond(self, frozen, n: int) -> dict:
+    """The unconditional cond of n inputs: the null class (label
+    `num_classes`, the row label dropout trains) or nothing."""
+    del frozen
+    if not self.num_classes:
+      return {}
+    return {'label': jnp.full((n,), self.num_classes, jnp.int32)}
+
   # What a user may ask for by name (`visgen.generate`): class labels here;
   # subclasses that need condition images from data ask for nothing.
   REQUESTS = ('label',)
