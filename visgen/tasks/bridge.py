@@ -55,9 +55,7 @@ class BridgeTask(generation.GenerationTask):
           "shapes dataset, 'image' with shapes_edit), and config.task.target "
           "(default 'image'; 'edited_image' for shapes_edit).")
     super().__init__(config, apply=apply, frozen_apply=frozen_apply)
-    if getattr(self, 'codec', None) is not None:
-      raise UserError(f'config.task.latent is not supported by the '
-                      f'{config.task.name} task yet (pixel space only).')
+    image_cond.require_pixel_space(self, config.task.name)
     if self.num_classes or self.flatten or self.learned_variance is not None:
       raise UserError('The bridge task takes no class labels, flatten or '
                       'learned variance.')
@@ -84,9 +82,8 @@ class BridgeTask(generation.GenerationTask):
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
     del frozen, key
-    return image_cond.control_map(
-        {'image': batch[self.target_key]} if self.target_key in batch
-        else {}, 'image', self.size,
+    return image_cond.target_image(
+        batch, self.target_key, self.size,
         what=f'The bridge task (target {self.target_key!r})')
 
   def source(self, batch: dict) -> jax.Array:

@@ -52,9 +52,7 @@ class ControlNetTask(generation.GenerationTask):
   def __init__(self, config, *, apply=None, frozen_apply=None):
     super().__init__(config, apply=apply, frozen_apply=frozen_apply)
     t = config.task
-    if getattr(self, 'codec', None) is not None:
-      raise UserError(f'config.task.latent is not supported by the '
-                      f'{config.task.name} task yet (pixel space only).')
+    image_cond.require_pixel_space(self, config.task.name)
     if self.flatten or self.data_key != 'image':
       raise UserError('The controlnet task trains on image batches '
                       "(config.task.data_key='image', flatten=False).")

@@ -208,3 +208,17 @@ def base_source(model_cfg: dict, workdir: str, *, what: str) -> str:
       'base first (python -m visgen.main --config=configs/shapes.py '
       '--workdir=DIR) and pass base=DIR.')
   return 'npz:' + path
+
+
+def target_image(batch: dict, key: str, size: int, *, what: str):
+  """x0 of a paired task: the batch's `key` image in [-1, 1] (a missing
+  or misshapen entry is an error naming `what` and the key)."""
+  return control_map({'image': batch[key]} if key in batch else {}, 'image',
+                     size, what=what)
+
+
+def require_pixel_space(task, name: str) -> None:
+  """Paired tasks run in pixel space: a UserError for config.task.latent."""
+  if getattr(task, 'codec', None) is not None:
+    raise UserError(f'config.task.latent is not supported by the {name} '
+                    'task yet (pixel space only).')

@@ -48,9 +48,7 @@ class InstructEditTask(generation.GenerationTask):
   def __init__(self, config, *, apply=None, frozen_apply=None):
     super().__init__(config, apply=apply, frozen_apply=frozen_apply)
     t = config.task
-    if getattr(self, 'codec', None) is not None:
-      raise UserError(f'config.task.latent is not supported by the '
-                      f'{config.task.name} task yet (pixel space only).')
+    image_cond.require_pixel_space(self, config.task.name)
     if self.num_classes or self.flatten or self.learned_variance is not None:
       raise UserError('instruct_edit takes no class labels, flatten or '
                       'learned variance (config.task.num_classes=0).')
@@ -80,9 +78,8 @@ class InstructEditTask(generation.GenerationTask):
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
     del frozen, key
-    return image_cond.control_map(
-        {'image': batch[self.target_key]} if self.target_key in batch
-        else {}, 'image', self.size,
+    return image_cond.target_image(
+        batch, self.target_key, self.size,
         what=f'instruct_edit (edit target {self.target_key!r})')
 
   def source(self, batch: dict) -> jax.Array:
