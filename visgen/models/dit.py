@@ -68,6 +68,16 @@ def pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   return emb.astype(np.float32)
 
 
+def check_geometry(*, input_size: int, patch: int, width: int,
+                   heads: int) -> None:
+  """A transformer over patches: patch divides the image side, heads the
+  width (ValueError naming the values otherwise)."""
+  if input_size % patch:
+    raise ValueError(f'patch {patch} must divide input_size {input_size}.')
+  if width % heads:
+    raise ValueError(f'width {width} is not divisible by heads {heads}.')
+
+
 def patch_tokens(x: jax.Array, *, patch: int, size: int, channels: int,
                  model: str, what: str = 'x_t') -> tuple[jax.Array, int, int]:
   """(B, size, size, channels) -> ((B, N, p*p*C) channel-last patch tokens,
@@ -134,11 +144,10 @@ class DiT(nnx.Module):
                          'width/depth/heads).')
       v = VARIANTS[variant]
       width, depth, heads = v.width, v.depth, v.heads
-    if patch not in (1, 2, 4, 8) or input_size % patch:
-      raise ValueError(f'patch must be 1, 2, 4 or 8 and divide input_size; '
-                       f'got patch={patch}, input_size={input_size}.')
-    if width % heads:
-      raise ValueError(f'width {width} is not divisible by heads {heads}.')
+    if patch not in (1, 2, 4, 8):
+      raise ValueError(f'patch must be 1, 2, 4 or 8; got patch={patch}.')
+    check_geometry(input_size=input_size, patch=patch, width=width,
+                   heads=heads)
     self.input_size = input_size
     self.in_channels = in_channels
     self.out_channels = 2 * in_channels if learn_sigma else in_channels

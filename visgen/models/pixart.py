@@ -76,10 +76,8 @@ class PixArt(nnx.Module):
                text_encoder: dict | None = None, learn_sigma: bool = False,
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False):
-    if input_size % patch:
-      raise ValueError(f'patch {patch} must divide input_size {input_size}.')
-    if width % heads:
-      raise ValueError(f'width {width} is not divisible by heads {heads}.')
+    dit.check_geometry(input_size=input_size, patch=patch, width=width,
+                       heads=heads)
     self.input_size, self.in_channels, self.patch = input_size, in_channels, (
         patch)
     self.out_channels = 2 * in_channels if learn_sigma else in_channels
