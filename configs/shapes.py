@@ -55,7 +55,7 @@ RES = 32
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=2000, batch=64,
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=4000, batch=64,
                              width=32, lr=1e-3, patch=2, blocks=1,
                              mid_attention=True, dtype='float32',
                              time_dist='logit_normal', prediction='x0',
