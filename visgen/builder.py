@@ -162,9 +162,11 @@ def checkpointer(b: Built, workdir: str, **kw) -> ckpt_lib.Checkpointer:
       workdir, fp=ckpt_lib.fingerprint(b.config, b.abstract_params), **kw)
 
 
-def restore(config, workdir: str, mesh=None) -> tuple[Built, dict, int]:
-  """(built parts, train state, step) of the latest checkpoint of workdir."""
-  b = build(config, mesh)
+def restore(config, workdir: str, mesh=None, *,
+            built: Built | None = None) -> tuple[Built, dict, int]:
+  """(built parts, train state, step) of the latest checkpoint of workdir
+  (`built`: the parts already built from this config, not built again)."""
+  b = built or build(config, mesh)
   ckpt = checkpointer(b, workdir, every=1, keep_last=1, read_only=True)
   restored = ckpt.restore(b.abstract)
   ckpt.close()

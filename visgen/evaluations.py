@@ -233,16 +233,21 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
       images.append(task.to_media(x, cond).samples[:len(part)])
     return scene_parser.score(captions, sp.parse(np.concatenate(images)))
 
+  seen_at = {}  # scale -> scores on the seen captions (each drawn once)
+
+  def seen_accuracy(scale):
+    if scale not in seen_at:
+      seen_at[scale] = accuracy(seen, scale, rng)
+    return seen_at[scale]
+
   scale = float(b.config.sampler.get('cfg_scale', 1.0))
-  main = accuracy(seen, scale, rng)
+  main = seen_accuracy(scale)
   out = {'prompt_accuracy': main['overall'],
          **{f'prompt_accuracy_{k}': v for k, v in main.items()
             if k != 'overall'},
          'prompt_accuracy_heldout': (
              accuracy(unseen, scale, rng)['overall'] if unseen else None),
-         'prompt_accuracy_unguided': (
-             main['overall'] if scale == 1.0 else
-             accuracy(seen, 1.0, rng)['overall']),
+         'prompt_accuracy_unguided': seen_accuracy(1.0)['overall'],
          'prompt_accuracy_scale': scale,
          'prompt_accuracy_prompts': len(seen),
          'prompt_accuracy_heldout_prompts': len(unseen)}
@@ -251,8 +256,8 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
   out.update({f'prompt_accuracy_ceiling_{k}': v for k, v in ceiling.items()
               if k != 'overall'})
   for s in scales:
-    out[f'prompt_accuracy_cfg{float(s):g}'] = (
-        accuracy(seen, float(s), rng)['overall'])
+    out[f'prompt_accuracy_cfg{float(s):g}'] = seen_accuracy(float(s))[
+        'overall']
   return out
 
 

@@ -115,7 +115,7 @@ def generate(args) -> dict:
   except ValueError as e:
     raise validate.UserError(str(e)) from e
 
-  b, state, step = builder.restore(config, workdir)
+  b, state, step = builder.restore(config, workdir, built=b)
   params = (builder.first_ema(state) if args.weights == 'ema'
             else state['params'])
   fn = builder.make_sample_fn(b, args.num)

@@ -51,6 +51,8 @@ import optax
 from scipy import ndimage
 
 from visgen import config_lib
+from visgen import param_tree
+from visgen import weights
 from visgen.data import shapes
 
 # Bumped whenever `group` changes: cached ceilings are keyed by it.
@@ -245,21 +247,18 @@ class SceneParser:
   def __init__(self, recipe: Recipe = Recipe()):
     self.recipe = recipe
     self.path = os.path.expanduser(config_lib.visgen_cache(
-        'feature_nets', f'scene_parser_{recipe.digest()}'))
+        'feature_nets', f'scene_parser_v2_{recipe.digest()}'))
     model = ShapeSegNet(rngs=nnx.Rngs(recipe.seed), width=recipe.width)
     self.graphdef, params = nnx.split(model)
     if os.path.exists(self.path + '.npz'):
       with np.load(self.path + '.npz') as f:
-        flat = dict(f)
-      leaves, treedef = jax.tree_util.tree_flatten(params)
-      self.params = jax.tree_util.tree_unflatten(
-          treedef, [jnp.asarray(flat[str(i)]) for i in range(len(leaves))])
+        flat = {k: jnp.asarray(v) for k, v in f.items()}
+      self.params = param_tree.rebuild(params, flat)
     else:
       self.params = self._train(params)
-      leaves = jax.tree_util.tree_leaves(self.params)
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       tmp = f'{self.path}.{os.getpid()}.tmp.npz'
-      np.savez(tmp, **{str(i): np.asarray(v) for i, v in enumerate(leaves)})
+      weights.save_npz(tmp, self.params)  # keyed by parameter path
       os.replace(tmp, self.path + '.npz')
     self._apply = jax.jit(
         lambda p, x: nnx.merge(self.graphdef, p)(x).argmax(-1))
