@@ -56,6 +56,7 @@ from visgen import train
 from visgen.data import preprocess
 from visgen.data import shapes as shapes_lib
 from visgen.evaluators import compare
+from visgen.evaluators import dense as dense_metrics
 from visgen.evaluators import feature_nets
 from visgen.tasks import image_cond
 
@@ -90,23 +91,10 @@ def detect_edges(images: np.ndarray) -> np.ndarray:
   return e
 
 
-def _dilate(m: np.ndarray) -> np.ndarray:
-  out = m.copy()
-  out[:, 1:] |= m[:, :-1]
-  out[:, :-1] |= m[:, 1:]
-  out[:, :, 1:] |= m[:, :, :-1]
-  out[:, :, :-1] |= m[:, :, 1:]
-  return out
-
-
 def edge_f1(images: np.ndarray, edges: np.ndarray) -> float:
-  """Mean per-image F1 (1 px tolerance) of detected vs condition edges."""
-  pred, gt = detect_edges(images), edges[..., 0] > 0
-  tp_p = (pred & _dilate(gt)).sum((1, 2))
-  tp_r = (gt & _dilate(pred)).sum((1, 2))
-  prec = tp_p / np.maximum(pred.sum((1, 2)), 1)
-  rec = tp_r / np.maximum(gt.sum((1, 2)), 1)
-  return float(np.mean(2 * prec * rec / np.maximum(prec + rec, 1e-9)))
+  """Mean per-image F1 (1 px tolerance) of detected vs condition edges
+  (`visgen.evaluators.dense.edge_f1`)."""
+  return dense_metrics.edge_f1(detect_edges(images), edges[..., 0] > 0)
 
 
 def object_mask(images: np.ndarray) -> np.ndarray:

@@ -29,10 +29,15 @@ predict the scene label (shape of the largest object); accuracy on
 
 Writes DIR/results.json ({"diffseg_miou", "kmeans_miou", "supervised_miou",
 "diffseg_t", "diffseg_threshold", "tuning": [...], "probes": [{source,
-feature, t, accuracy}], "dense": {}} -- dense prediction is not built yet),
-prints Markdown tables and saves DIR/segmentation.png (mIoU per method and
-example segmentations) and DIR/probes.png (probe accuracy over blocks, one
-line per t).
+feature, t, accuracy}], "dense": {}}), prints Markdown tables and saves
+DIR/segmentation.png (mIoU per method and example segmentations) and
+DIR/probes.png (probe accuracy over blocks, one line per t).
+
+Dense prediction as generation (`--dense`, or `--dense_only` without a
+generator; experiments/segmentation_dense.py): generative (Marigold-style)
+vs discriminative U-Nets for semantic masks, edges and z-order depth, into
+"dense": {target: {generative, discriminative}} and "dense_details" of the
+same results.json (other keys kept), DIR/dense.png.
 """
 
 import argparse
@@ -50,6 +55,8 @@ from visgen.data import shapes
 from visgen.evaluators import scene_parser
 from visgen.models import attention
 from visgen.segmentation import diffseg
+
+from experiments import segmentation_dense
 
 TS = (0.2, 0.4, 0.6)
 PROBE_TS = (0.1, 0.3, 0.6, 0.9)
@@ -247,7 +254,9 @@ def plot(path, results, examples):
 def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m experiments.segmentation')
   p.add_argument('--workdir', required=True)
-  p.add_argument('--generator', required=True)
+  p.add_argument('--generator', default=None,
+                 help='a trained shapes generator workdir (required unless '
+                 '--dense_only)')
   p.add_argument('--num', type=int, default=200)
   p.add_argument('--tune', type=int, default=40)
   p.add_argument('--batch', type=int, default=50)
@@ -256,8 +265,13 @@ def main(argv=None):
   p.add_argument('--digits_generator', default=None,
                  help='a digits workdir (e.g. the quickstart): probes of '
                  'the digit label on its blocks too')
+  segmentation_dense.add_args(p)
   a = p.parse_args(argv)
   os.makedirs(a.workdir, exist_ok=True)
+  if a.dense_only:
+    return dense_main(a)
+  if not a.generator:
+    p.error('--generator is required (or pass --dense_only)')
   t0 = time.time()
   config = config_loader.load_workdir(a.generator)
   if 'remat' in config.model:
@@ -317,6 +331,9 @@ def main(argv=None):
     chance['digits'] = _majority(_labelled('digits', 'test', a.probe_test,
                                            dres)[1])
   results['probe_majority_rate'] = chance
+  if a.dense:
+    results['dense'], results['dense_details'], dense_ex = (
+        segmentation_dense.run_dense(a, a.workdir))
   results['wall_s'] = round(time.time() - t0, 1)
   maps = run(images[:3], best['t'], key)
   segs = _diffseg_all(maps, res, best['threshold'])
@@ -340,6 +357,30 @@ def main(argv=None):
     print(f'| {r["dataset"]} | {r["source"]} | {r["feature"]} | {r["t"]} | '
           f'{r["accuracy"]:.3f} |')
   print(f'majority-class rates: {chance}')
+  if a.dense:
+    segmentation_dense.plot(os.path.join(a.workdir, 'dense.png'),
+                            results['dense'], results['dense_details'],
+                            dense_ex)
+    print(segmentation_dense.table(results['dense'],
+                                   results['dense_details']))
+  return results
+
+
+def dense_main(a):
+  """--dense_only: the dense part, merged into DIR/results.json."""
+  path = os.path.join(a.workdir, 'results.json')
+  results = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  dense, details, examples = segmentation_dense.run_dense(a, a.workdir)
+  results.update(dense=dense, dense_details=details)
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=1)
+  segmentation_dense.plot(os.path.join(a.workdir, 'dense.png'), dense,
+                          details, examples)
+  print(segmentation_dense.table(dense, details))
+  print(f'dense part: {details["wall_s"]} s')
   return results
 
 

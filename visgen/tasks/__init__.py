@@ -16,6 +16,7 @@ from visgen.registry import Registry
 from visgen.tasks import autoencoder
 from visgen.tasks import bridge
 from visgen.tasks import controlnet
+from visgen.tasks import dense
 from visgen.tasks import generation
 from visgen.tasks import instruct_edit
 from visgen.tasks import noisy_classifier
@@ -33,6 +34,7 @@ TASKS.register('controlnet')(controlnet.ControlNetTask)
 TASKS.register('instruct_edit')(instruct_edit.InstructEditTask)
 TASKS.register('bridge')(bridge.BridgeTask)
 TASKS.register('video')(video.VideoTask)
+TASKS.register('dense')(dense.DenseTask)
 
 
 def get_task(config, *, apply=None, frozen_apply=None) -> Task:
