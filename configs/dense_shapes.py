@@ -18,12 +18,12 @@ Targets (visgen/tasks/dense.py): `semantic` (background + 4 shape classes,
 encoded in a fixed palette), `edges` (outlines and occlusion boundaries,
 grey), `depth` (the z-order rank of the object covering each pixel,
 background farthest, grey). The generative model denoises the encoded map
-(3 channels, x0 prediction on the rectified-flow path trained on the
-velocity error, logit-normal t, as configs/shapes.py) with the RGB scene
-concatenated to its input; Euler sampling from noise, `sampler_steps`
+(3 channels, x0 prediction on the rectified-flow path trained on the x0
+error at uniform t, as Marigold's uniform timesteps) with the RGB scene
+concatenated to its input (`concat_init='xavier'` from scratch); Euler sampling from noise, `sampler_steps`
 steps; the experiment ensembles K samples per scene. The discriminative
 model is the same U-Net (in_channels = its outputs: 5 / 1 / 1) run once at
-x = 0, t = 0 with cross-entropy / BCE / squared error.
+x = the scene, t = 0 with cross-entropy / BCE / squared error.
 
 Measured (2026-12-07, 2 shared CPU cores: res 16, width 16, 600 steps of
 batch 32 per model, see the README's dense-prediction table and
@@ -46,7 +46,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, target='semantic',
                              mode='generative', res=RES, steps=2000,
                              batch=32, lr=1e-3, width=32, patch=2,
-                             sampler_steps=8, init='')
+                             sampler_steps=8, init='',
+                             time_dist='uniform')
   dense.check_target(arg.target)
   c = config_lib.base_config()
   res = 8 if arg.runlocal else arg.res
@@ -67,7 +68,12 @@ def get_config(arg=None):
                  patch=arg.patch, model_channels=arg.width,
                  channel_mult=(1, 2, 2), num_res_blocks=1,
                  attention_resolutions=(), mid_attention=True, num_heads=1,
-                 dropout=0.0, concat_channels=3, dtype='float32')
+                 dropout=0.0, concat_channels=3, dtype='float32',
+                 # From scratch the scene's input conv starts like any other
+                 # (a zero projection learns to read it far too slowly: at
+                 # 1000 steps the generative nets still ignored the scene);
+                 # a warm start keeps it at zero (the generator at step 0).
+                 concat_init='zero' if arg.init else 'xavier')
   if arg.init:
     if not generative:
       raise UserError('init= warm-starts the generative model from an '
@@ -76,8 +82,12 @@ def get_config(arg=None):
                        mapping=INIT_MAPPING)
   c.path = dict(name='linear')
   c.prediction = 'x0'
-  c.weighting = dict(name='uniform', space='velocity')
-  c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  # The x0 error itself (not the velocity error, which weighs small t by
+  # 1 / t^2): the large t, where only the scene tells the answer, count.
+  c.weighting = dict(name='uniform')
+  c.time_dist = (dict(name='logit_normal', mean=0.0, std=1.0)
+                 if arg.time_dist == 'logit_normal' else
+                 dict(name=arg.time_dist))
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=50, schedule='cosine',
                              grad_clip=1.0)
   c.sampler = dict(name='euler', steps=arg.sampler_steps)

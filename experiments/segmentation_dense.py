@@ -15,7 +15,7 @@ DIR/dense/<target>_<mode>, reused when their metrics.json exists):
                   from scratch, or warm-started from an image generator of
                   the same architecture with --dense_init (Marigold's
                   recipe; configs/shapes.py at the same res / width)
-  discriminative  the same U-Net run once at x = 0, t = 0 with a per-pixel
+  discriminative  the same U-Net run once at t = 0 (x = the scene) with a per-pixel
                   loss (cross-entropy / BCE / squared error)
 
 on the same data (the `shapes` train split), steps, batch and optimiser,
@@ -62,7 +62,7 @@ def add_args(p):
                  'DIR/results.json (no --generator needed)')
   p.add_argument('--dense_targets', default='semantic,edges,depth')
   p.add_argument('--dense_res', type=int, default=16)
-  p.add_argument('--dense_steps', type=int, default=600)
+  p.add_argument('--dense_steps', type=int, default=1000)
   p.add_argument('--dense_batch', type=int, default=32)
   p.add_argument('--dense_width', type=int, default=16)
   p.add_argument('--dense_eval', type=int, default=200)
@@ -84,6 +84,7 @@ def _config(a, target, mode):
   c.ckpt_every = a.dense_steps
   c.log_every = max(a.dense_steps // 4, 1)
   c.data.num_threads = 0
+  c.num_grid_samples = 0  # scored below; no grid (one compile less)
   return c
 
 

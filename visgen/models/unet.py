@@ -22,7 +22,9 @@ unchanged bit for bit):
   enters through its own zero-initialised conv added to `conv_in`'s output,
   which is exactly a conv over the channel concatenation [x_t, concat] whose
   extra input channels start at zero (IP2P's warm start from a base model:
-  `init_from` copies every other parameter by path).
+  `init_from` copies every other parameter by path). `concat_init='xavier'`
+  gives that conv the ordinary initialisation instead (training from
+  scratch: a zero projection learns to read the condition slowly).
 * `residuals={'down': [...], 'mid': r}` (ControlNet, Zhang & Agrawala 2023):
   additive residuals for every skip connection (conv_in's output and each
   input block's) and for the middle block's output, from
@@ -190,6 +192,7 @@ class UNet(nnx.Module):
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False, remat: bool = False, patch: int = 1,
                mid_attention: bool = True, concat_channels: int = 0,
+               concat_init: str = 'zero',
                text_dim: int = 0, pooled_dim: int = 0,
                text_encoder: dict | None = None):
     if patch < 1 or input_size % patch:
@@ -225,8 +228,11 @@ class UNet(nnx.Module):
                     if num_classes > 0 else None)
     self.conv_in = Conv(patch * patch * in_channels, ch, rngs=rngs,
                         dtype=dtype)
+    if concat_init not in ('zero', 'xavier'):
+      raise ValueError(f"concat_init must be 'zero' or 'xavier', got "
+                       f'{concat_init!r}.')
     self.concat_in = (Conv(patch * patch * concat_channels, ch, rngs=rngs,
-                           zero_init=True, dtype=dtype)
+                           zero_init=concat_init == 'zero', dtype=dtype)
                       if concat_channels else None)
     kw = dict(rngs=rngs, dropout_rate=dropout, dtype=dtype)
     akw = dict(rngs=rngs, dtype=dtype, attn_fp32=attn_fp32,

@@ -33,8 +33,8 @@ the depth values.
 
 **Discriminative**: the same U-Net (same width, levels, concat projection;
 `in_channels` = the number of outputs, DISC_CHANNELS, so only the first
-and last convolutions differ in size) called once with x = 0 and t = 0,
-trained on the same pairs with a per-pixel loss: cross-entropy over the 5
+and last convolutions differ in size) called once at t = 0 with the scene
+as its x input as well (`_logits`), trained on the same pairs with a per-pixel loss: cross-entropy over the 5
 classes (semantic), binary cross-entropy (edges), squared error on the
 encoded rank in [-1, 1] (depth). `sample` returns its prediction encoded
 like a generative sample (the argmax's palette colour, 2 sigmoid - 1,
@@ -202,9 +202,20 @@ class DenseTask(generation.GenerationTask):
   # -- Training -------------------------------------------------------------
 
   def _logits(self, params, cond: dict, **apply_kw) -> jax.Array:
-    """The discriminative network's per-pixel outputs (B, H, W, C)."""
+    """The discriminative network's per-pixel outputs (B, H, W, C): one
+    call at t = 0 whose x input is the scene too (RGB padded with zero
+    channels when C > 3, its grey level when C < 3). Not x = 0: with a
+    zero-initialised concat projection an all-zero input leaves every
+    activation spatially constant, GroupNorm maps it to 0 and the weights
+    behind the zero-initialised output conv get no gradient (measured: at
+    600 steps such a net still predicted one class everywhere)."""
     c = cond['concat']
-    x = jnp.zeros(c.shape[:-1] + (self.out_channels,), c.dtype)
+    ch = self.out_channels
+    if ch >= 3:
+      x = jnp.concatenate([c, jnp.zeros(c.shape[:-1] + (ch - 3,), c.dtype)],
+                          axis=-1)
+    else:
+      x = jnp.repeat(c.mean(-1, keepdims=True), ch, axis=-1)
     t = jnp.zeros((c.shape[0],), c.dtype)
     return self.apply(params, x, t, cond, **apply_kw)
 
