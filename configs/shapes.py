@@ -52,18 +52,23 @@ buy ~3000 steps (190k scenes seen) and shapes-FID falls slowly with steps
 from visgen import config_lib
 
 RES = 32
+# Training steps of the run of record (30 minutes on 2 idle cores).
+LATENT_STEPS = 2800
+PIXEL_STEPS = 4000
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=4000, batch=64,
-                             width=32, lr=1e-3, patch=2, blocks=1,
+  arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
+                             ae_steps=800, steps=0, batch=64, width=0,
+                             lr=1e-3, patch=2, blocks=1, mult='',
                              mid_attention=True, dtype='float32',
                              time_dist='logit_normal', prediction='x0',
-                             sampler='euler', sampler_steps=12,
-                             cfg_scale=2.0)
+                             sampler='euler', sampler_steps=40,
+                             cfg_scale=2.0, arch='unet', depth=6, heads=4)
+  latent = arg.latent or bool(arg.ae)
   c = config_lib.base_config()
   c.seed = 0
-  c.total_steps = arg.steps
+  c.total_steps = arg.steps or (LATENT_STEPS if latent else PIXEL_STEPS)
   c.log_every = 100
   c.ckpt_every = 1000
   c.ema_decays = (0.999,)
@@ -75,11 +80,36 @@ def get_config(arg=None):
                 num_threads=2)
   c.task = dict(name='generation', num_classes=4, label_dropout=0.1,
                 x_shape=(RES, RES, 3))
+  width = arg.width or (64 if latent else 32)
+  mult = tuple(int(m) for m in (arg.mult or ('12' if latent else '122')))
   c.model = dict(name='unet', input_size=RES, in_channels=3,
-                 patch=arg.patch, model_channels=arg.width,
-                 channel_mult=(1, 2, 2), num_res_blocks=arg.blocks,
+                 patch=arg.patch, model_channels=width,
+                 channel_mult=mult, num_res_blocks=arg.blocks,
                  attention_resolutions=(), mid_attention=arg.mid_attention,
                  num_heads=1, dropout=0.0, num_classes=4, dtype=arg.dtype)
+  if latent:
+    # Latent diffusion: the frozen scene autoencoder (configs/
+    # autoencoder_shapes.py, f=4) encodes each batch to 8x8x4 latents,
+    # normalised per channel (EDM2); samples are decoded to 32x32 scenes.
+    # Without `ae=WORKDIR` the autoencoder is trained first, as the stage
+    # WORKDIR/stages/autoencoder of this run (visgen.stages).
+    if arg.ae:
+      source = 'workdir:' + arg.ae
+    else:
+      c.stages = dict(autoencoder=dict(
+          config='configs/autoencoder_shapes.py:' + (
+              'runlocal' if arg.runlocal else f'steps={arg.ae_steps}')))
+      source = 'stage:autoencoder'
+    c.frozen = dict(autoencoder=dict(source=source))
+    c.task.x_shape = (RES // 4, RES // 4, 4)
+    c.task.latent = dict(frozen='autoencoder', image_shape=(RES, RES, 3),
+                         normalize='channel')
+    if arg.arch == 'dit':
+      c.model = dict(name='dit', input_size=RES // 4, in_channels=4,
+                     patch=1, width=width, depth=arg.depth,
+                     heads=arg.heads, num_classes=4, dtype=arg.dtype)
+    else:
+      c.model.update(input_size=RES // 4, in_channels=4, patch=1)
   c.path = dict(name='linear')
   c.prediction = arg.prediction
   if arg.prediction == 'x0':
@@ -107,9 +137,15 @@ def get_config(arg=None):
     c.log_every = 2
     c.ckpt_every = 2
     c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8)
-    c.task.x_shape = (8, 8, 3)
-    c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
-                   mid_attention=False)
+    if latent:  # the runlocal autoencoder: 8x8 -> 4x4x4
+      c.task.update(x_shape=(4, 4, 4), latent=dict(
+          frozen='autoencoder', image_shape=(8, 8, 3), normalize='channel'))
+      c.model.update(input_size=4, model_channels=8, channel_mult=(1,),
+                     mid_attention=False)
+    else:
+      c.task.x_shape = (8, 8, 3)
+      c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
+                     mid_attention=False)
     c.sampler.steps = 2
     c.num_grid_samples = 8
     c.eval = {}

@@ -28,8 +28,9 @@ with its scale. This reproduces the experiment on the embedded digits:
 
 `--dataset=shapes` runs the same experiment on the scene world's labels (the
 shape of the largest visible object, 4 classes) at 32x32 RGB:
-configs/shapes.py (the scene generator recipe, a patch-2 U-Net) and
-configs/shapes_noisy_classifier.py, scored by the
+configs/shapes.py (the scene generator recipe: latent diffusion on its own
+autoencoder stage) and configs/shapes_noisy_classifier.py (trained in the
+same latent space, `ae=` the generator's autoencoder), scored by the
 `shapes` attribute net against the shapes test split (shapes-FID, ...). Use
 one workdir per dataset.
 
@@ -111,14 +112,31 @@ def generator_config(steps: int, *, runlocal: bool = False,
 
 
 def classifier_config(steps: int, *, runlocal: bool = False,
-                      dataset: str = 'digits'):
+                      dataset: str = 'digits', ae: str = ''):
+  """The noise-aware classifier's config; `ae`: the latent generator's
+  autoencoder workdir (the classifier then reads x_t in its latent space)."""
+  args = (['runlocal'] if runlocal else []) + ([f'ae={ae}'] if ae else [])
   c = config_loader.load(
       os.path.join(ROOT, DATASETS.get(dataset).classifier)
-      + (':runlocal' if runlocal else ''))
+      + (':' + ','.join(args) if args else ''))
   c.total_steps = steps
   c.ckpt_every = max(steps // 2, 1)
   c.num_grid_samples = 0
   return c
+
+
+def latent_autoencoder(config) -> str:
+  """The autoencoder workdir of a latent generator's config ('' if it
+  generates pixels): its classifier must read the same latent space."""
+  latent = config.task.get('latent')
+  if not latent:
+    return ''
+  source = str(config.frozen[latent.get('frozen', 'autoencoder')].source)
+  kind, _, path = source.partition(':')
+  if kind != 'workdir':
+    raise ValueError(f'Classifier guidance of a latent generator needs its '
+                     f'autoencoder as a workdir source, got {source!r}.')
+  return path
 
 
 def rows_spec(cfg_scales, cls_scales):
@@ -157,7 +175,8 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
       train_if_needed=True)
   t_gen = time.time() - t0
   cls = guided_sampling.load_trained(
-      classifier_config(cls_steps, runlocal=runlocal, dataset=dataset),
+      classifier_config(cls_steps, runlocal=runlocal, dataset=dataset,
+                        ae=latent_autoencoder(gen.config)),
       os.path.join(workdir, 'classifier'),
       train_if_needed=True)
   t_cls = time.time() - t0 - t_gen

@@ -32,7 +32,14 @@ p.add_argument('--evals', default='')  # minutes of training at which to eval
 p.add_argument('--n', type=int, default=500)
 p.add_argument('--ntrain', type=int, default=50000)
 p.add_argument('--steps', type=int, default=100000)
+p.add_argument('--stop_step', type=int, default=0,
+               help='stop (and evaluate) at this step, whatever the clock')
 p.add_argument('--out', default='/tmp/shapes_probe')
+p.add_argument('--config_arg', default='',
+               help="configs/shapes.py's argument, e.g. 'ae=/tmp/ae,arch=dit'")
+p.add_argument('--variants', default='[]',
+               help="sampler overrides evaluated on the final EMA model, e.g. "
+               "\"[{'steps': 32}, {'name': 'euler_maruyama', 'steps': 64}]\"")
 a = p.parse_args()
 os.makedirs(a.out, exist_ok=True)
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -50,7 +57,8 @@ t0 = time.time()
 X, Y = render('train', a.ntrain)
 print('render', time.time() - t0, flush=True)
 
-config = config_loader.load(os.path.join(ROOT, 'configs/shapes.py'))
+spec = os.path.join(ROOT, 'configs/shapes.py')
+config = config_loader.load(spec + (':' + a.config_arg if a.config_arg else ''))
 ov = eval(a.overrides)
 for k, v in ov.items():
   node = config
@@ -95,7 +103,9 @@ while True:
   train_s += time.time() - t
   step += 1
   if step == 3: t_compile = train_s
-  if (evals and train_s >= evals[0] * 60) or train_s >= a.minutes * 60 or step >= total_steps:
+  stop = step >= total_steps or (a.stop_step and step >= a.stop_step) or (
+      not a.stop_step and train_s >= a.minutes * 60)
+  if (evals and train_s >= evals[0] * 60) or stop:
     jax.block_until_ready(state)
     te = time.time()
     r = evaluate(builder.first_ema(state), jax.random.key(step))
@@ -104,8 +114,30 @@ while True:
     points.append(pt)
     print('EVAL', json.dumps(pt), flush=True)
     if evals: evals.pop(0)
-    if train_s >= a.minutes * 60 or step >= total_steps:
+    if stop:
       break
+ema = builder.first_ema(state)
+import pickle
+with open(f'{a.out}/ema_{a.name}.pkl', 'wb') as f:
+  pickle.dump(jax.tree.map(np.asarray, ema), f)
+for var in eval(a.variants):
+  cv = config.copy_and_resolve_references()
+  cv.sampler.update(var)
+  bv = builder.build(cv)
+  sv = builder.make_sample_fn(bv, 250)
+  def sample_v(k, n, bv=bv, sv=sv):
+    m = evaluations.draw(bv, ema, k, num=n, batch=250, sample_fn=sv)
+    return (m.samples, m.labels)
+  te = time.time()
+  try:
+    r = ev.run(sample_v, jax.random.key(step))
+  except Exception as e:  # a variant that does not apply: report, go on
+    print('VARIANT', var, 'failed:', str(e)[:300], flush=True)
+    continue
+  pt = dict(step=step, variant=var, eval_s=round(time.time() - te, 1),
+            **{k: v for k, v in r.items() if 'floor' not in k})
+  points.append(pt)
+  print('VARIANT', json.dumps(pt), flush=True)
 out = dict(name=a.name, overrides=a.overrides, params=int(nparams), points=points, losses=losses,
            s_per_step=(train_s - t_compile) / (step - 3))
 json.dump(out, open(f'{a.out}/res_{a.name}.json', 'w'), indent=1)

@@ -82,14 +82,24 @@ def test_shapes_dataset_pairs_generator_classifier_and_scorer():
   for runlocal in (False, True):
     gen = guidance_tradeoff.generator_config(5, runlocal=runlocal,
                                              dataset='shapes')
+    # The generator is latent (its autoencoder a stage of its run): the
+    # classifier reads x_t in the same autoencoder's latent space.
+    gen.frozen.autoencoder.source = 'workdir:/runs/g/stages/autoencoder'
+    ae = guidance_tradeoff.latent_autoencoder(gen)
+    assert ae == '/runs/g/stages/autoencoder'
     cls = guidance_tradeoff.classifier_config(5, runlocal=runlocal,
-                                              dataset='shapes')
+                                              dataset='shapes', ae=ae)
     assert gen.total_steps == cls.total_steps == 5 and not dict(gen.eval)
     assert gen.data.name == cls.data.name == 'shapes'
     assert gen.data.resolution == cls.data.resolution
     # A noise-aware classifier must see x_t of the generator's own path.
     assert gen.path.to_dict() == cls.path.to_dict()
-    assert tuple(gen.task.x_shape) == tuple(cls.task.x_shape) == (
+    assert tuple(gen.task.x_shape) == tuple(cls.task.x_shape)
+    assert gen.task.latent.to_dict() == cls.task.latent.to_dict()
+    assert cls.frozen.autoencoder.source == 'workdir:' + ae
+    pixel = guidance_tradeoff.classifier_config(5, runlocal=runlocal,
+                                                dataset='shapes')
+    assert tuple(pixel.task.x_shape) == (
         gen.data.resolution, gen.data.resolution, 3)
     assert gen.task.num_classes == cls.task.num_classes == len(shapes.SHAPES)
     assert gen.task.label_dropout > 0.0  # the null class, for CFG

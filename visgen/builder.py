@@ -31,6 +31,7 @@ from visgen import frozen as frozen_lib
 from visgen import models
 from visgen import optim
 from visgen import sharding
+from visgen import stages as stages_lib
 from visgen import state as state_lib
 from visgen import tasks
 from visgen import train_step as step_lib
@@ -166,6 +167,7 @@ def restore(config, workdir: str, mesh=None, *,
             built: Built | None = None) -> tuple[Built, dict, int]:
   """(built parts, train state, step) of the latest checkpoint of workdir
   (`built`: the parts already built from this config, not built again)."""
+  stages_lib.resolve(config, workdir)  # 'stage:' sources -> sub-workdirs
   b = built or build(config, mesh)
   ckpt = checkpointer(b, workdir, every=1, keep_last=1, read_only=True)
   restored = ckpt.restore(b.abstract)

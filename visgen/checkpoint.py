@@ -37,6 +37,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from visgen import stages
 from visgen import validate
 from visgen.data import pipeline
 
@@ -68,6 +69,11 @@ def fingerprint(config, abstract_params) -> dict:
       jax.tree_util.keystr(p): [list(v.shape), str(v.dtype)]
       for p, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
   cfg = _flatten(json.loads(config.to_json_best_effort()))
+  # A stage's weights are part of the run (WORKDIR/stages/<name>): named
+  # relative to it, so a copied or moved workdir still resumes.
+  for k, v in cfg.items():
+    if k.endswith('.source') and isinstance(v, str):
+      cfg[k] = stages.symbolic(v)
   return {'params': params, 'config': _fixed(cfg)}
 
 

@@ -216,6 +216,9 @@ def base_config(**overrides: Any) -> mlc.ConfigDict:
   c.sharding = mesh_and_sharding('dp')
   c.frozen = mlc.ConfigDict()
   c.init_from = init_from()
+  # Prerequisite runs trained first into WORKDIR/stages/<name>, named by
+  # 'stage:<name>' weight sources (visgen.stages).
+  c.stages = mlc.ConfigDict()
   unknown = sorted(set(overrides) - set(c.keys()))
   if unknown:
     raise ValueError(f'base_config() has no fields {unknown}; its fields: '

@@ -23,6 +23,7 @@ from visgen import evaluations
 from visgen import logging_lib
 from visgen import media as media_lib
 from visgen import sharding
+from visgen import stages as stages_lib
 from visgen import validate
 from visgen import warm_start
 from visgen.data import pipeline
@@ -51,6 +52,11 @@ def train_and_evaluate(config, workdir: str, *,
   start_time = time.time() if start_time is None else start_time
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+
+  # -- Stages: prerequisites (an autoencoder, a base model) trained first ------
+  # into WORKDIR/stages/<name>; their time counts in this run's wall clock.
+  stage_metrics = stages_lib.run(config, workdir, train_and_evaluate)
+  stages_lib.resolve(config, workdir)
 
   # -- Set up the mesh ---------------------------------------------------------
   mesh = sharding.make_mesh(config.sharding.mesh)
@@ -189,6 +195,9 @@ def train_and_evaluate(config, workdir: str, *,
   results.update(evaluations.run_evals(b, builder.first_ema(state),
                                        jax.random.fold_in(rng, 4)))
   results['wall_time_s'] = ckpt.elapsed_s()
+  for name, m in stage_metrics.items():
+    results.setdefault('stages', {})[name] = {
+        k: v for k, v in m.items() if isinstance(v, (int, float))}
   writer.write_scalars(step, {k: v for k, v in results.items()
                               if isinstance(v, (int, float))})
   if is_main:  # Atomic, strict JSON (null, never NaN).

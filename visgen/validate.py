@@ -363,6 +363,11 @@ def check_config(config, *, mode: str = 'train',
   for name, part in (c.get('frozen') or {}).items():
     if hasattr(part, 'get') and part.get('dtype') is not None:
       check_choice(f'frozen.{name}.dtype', part['dtype'], DTYPES, 'dtype')
+  from visgen import stages  # pylint: disable=g-import-not-at-top
+  try:  # config.stages and every 'stage:<name>' weight source.
+    stages.check(c)
+  except ValueError as e:
+    raise UserError(str(e)) from e
 
   # The objective's four axes (built: they are cheap Python objects).
   path = None
@@ -457,7 +462,9 @@ def check_init_from(cfg) -> None:
     raise UserError(f'config.init_from has unknown fields {unknown}. Valid '
                     f'fields: {", ".join(warm_start.FIELDS)}.')
   try:
-    weights_lib.parse_source(cfg['source'], what='config.init_from.source')
+    if not str(cfg['source']).startswith('stage:'):  # checked with stages
+      weights_lib.parse_source(cfg['source'],
+                               what='config.init_from.source')
   except ValueError as e:
     raise UserError(str(e)) from e
   w = cfg.get('weights') or 'ema'

@@ -37,6 +37,7 @@ from visgen.interpolants import base as path_base
 from visgen.objectives import predictions
 from visgen.objectives import time_dists
 from visgen.samplers import guidance as guidance_lib
+from visgen.tasks import autoencoder as ae_task
 from visgen.tasks import base
 from visgen.tasks import generation
 
@@ -67,6 +68,10 @@ class NoisyClassifierTask:
     self.latent_scale = float(t.get('latent_scale', 1.0))
     self.x_shape = tuple(t.x_shape)
     self.clean = bool(t.get('clean', False))
+    # Latent classifiers (config.task.latent, as the generation task): a
+    # frozen autoencoder encodes the image batches, so the classifier reads
+    # x_t in the latent space of the generator it guides.
+    self.codec = ae_task.codec_from_config(config, self.frozen_apply)
     self.batch_keys = (self.data_key, 'label')
     name, kw = config_lib.named(config.path)
     self.path = interpolants.get_path(name, **kw)
@@ -82,15 +87,19 @@ class NoisyClassifierTask:
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     dtype = jnp.uint8 if self.data_key == 'image' else jnp.float32
+    shape = self.x_shape if self.codec is None else self.codec.image_shape
     return {self.data_key: jax.ShapeDtypeStruct(
-        (batch_size,) + self.x_shape, dtype),
+        (batch_size,) + shape, dtype),
             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def init_state(self, key: jax.Array) -> dict:
     del key
     return {}
 
-  def to_x0(self, batch: dict) -> jax.Array:
+  def to_x0(self, batch: dict, frozen=None) -> jax.Array:
+    if self.codec is not None:  # uint8 images -> normalised latents
+      x = self.codec.encode(frozen, batch[self.data_key])
+      return x.reshape(x.shape[0], -1) if self.flatten else x
     return generation.batch_to_x0(batch, data_key=self.data_key,
                                   latent_scale=self.latent_scale,
                                   flatten=self.flatten)
@@ -106,9 +115,8 @@ class NoisyClassifierTask:
     return self.path.sample_xt(x0=x0, eps=eps, t=t), t
 
   def loss(self, params, frozen, task_state, batch, key):
-    del frozen
     k_noise, k_model = jax.random.split(key)
-    x0 = self.to_x0(batch)
+    x0 = self.to_x0(batch, frozen)
     labels = batch['label'].astype(jnp.int32)
     x_t, t = self.noisy(x0, k_noise)
     logits = self.apply(params, x_t, t, {}, rngs=k_model, train=True)
@@ -141,7 +149,8 @@ class NoisyClassifierTask:
     return {'label': batch['label'].astype(jnp.int32)}
 
   def to_media(self, samples, cond: dict) -> media_lib.Media:
-    return base.array_media(samples, cond, x_shape=self.x_shape,
+    shape = self.x_shape if self.codec is None else self.codec.image_shape
+    return base.array_media(samples, cond, x_shape=shape,
                             num_classes=self.num_classes)
 
   def sample(self, params, frozen, cond, key, *, n, guidance=1.0):
@@ -153,7 +162,6 @@ class NoisyClassifierTask:
     real class-conditional samples guide a generator instead
     (`experiments.guidance_tradeoff`).
     """
-    del frozen
     base_fn = standard_normal_velocity(self.path)
     den = guidance_lib.classifier_guidance(
         base_fn, noisy_classifier.log_prob_fn(self.apply, params),
@@ -164,7 +172,10 @@ class NoisyClassifierTask:
     ts = samplers.make_grid('uniform', self.sample_steps, path=self.path)
     x = samplers.sample(self.sampler, den, key=key, shape=shape, cond=cond,
                         path=self.path, prediction='velocity', ts=ts)
-    return jnp.clip(x, -1.0, 1.0).reshape((n,) + self.x_shape)
+    x = x.reshape((n,) + self.x_shape)
+    if self.codec is not None:
+      return self.codec.decode(frozen, x)
+    return jnp.clip(x, -1.0, 1.0)
 
 
 def standard_normal_velocity(path):

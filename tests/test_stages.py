@@ -1,0 +1,139 @@
+"""Stages (visgen.stages): prerequisite runs trained first, named 'stage:'.
+
+The end-to-end case is configs/shapes.py:runlocal, whose latent generator
+trains its autoencoder as a stage: the stage lands in WORKDIR/stages/
+autoencoder, the generator's frozen autoencoder is exactly that stage's EMA
+weights, a second run does not train the stage again, and the config.json the
+run saves names the stage's workdir (what --mode=sample/eval and
+visgen.generate read).
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import pytest
+
+from visgen import config_lib
+from visgen import config_loader
+from visgen import main as main_lib
+from visgen import stages
+from visgen import train
+from visgen import validate
+from visgen import weights as weights_lib
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+
+
+def _config(**kw):
+  c = config_lib.base_config()
+  c.stages = mlc.ConfigDict(kw.pop('stages', {}))
+  c.frozen = mlc.ConfigDict(kw.pop('frozen', {}))
+  return c
+
+
+def test_resolve_rewrites_stage_sources_to_the_stage_workdir(tmp_path):
+  c = _config(stages=dict(ae=dict(config='configs/autoencoder_shapes.py')),
+              frozen=dict(autoencoder=dict(source='stage:ae'),
+                          other=dict(source='npz:/x.npz')))
+  c.init_from = mlc.ConfigDict(dict(source='stage:ae'))
+  stages.resolve(c, str(tmp_path / 'run'))
+  want = 'workdir:' + os.path.join(str(tmp_path), 'run', 'stages', 'ae')
+  assert c.frozen.autoencoder.source == want
+  assert c.init_from.source == want
+  assert c.frozen.other.source == 'npz:/x.npz'
+
+
+@pytest.mark.parametrize('stages_, frozen, match', [
+    ({}, dict(a=dict(source='stage:ae')), r"frozen\.a\.source='stage:ae' "
+     'names no stage'),
+    (dict(ae=dict(config='configs/autoencoder_shapes.py', steps=3)), {},
+     r"config\.stages\.ae has unknown fields \['steps'\]"),
+    (dict(ae=dict(config='configs/no_such.py')), {},
+     r'config\.stages\.ae\.config: no config file'),
+    (dict(ae=dict()), {}, r'config\.stages\.ae\.config must name'),
+])
+def test_bad_stages_fail_with_the_key(stages_, frozen, match):
+  c = _config(stages=stages_, frozen=frozen)
+  with pytest.raises(ValueError, match=match):
+    stages.check(c)
+
+
+def test_cli_names_a_stage_source_without_a_stage(tmp_path, capsys):
+  code = main_lib.cli([
+      'main', f'--config={ROOT}/configs/shapes.py:runlocal',
+      '--config.frozen.autoencoder.source=stage:vae',
+      f'--workdir={tmp_path}'])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "names no stage" in err and 'Traceback' not in err
+
+
+def test_latent_shapes_trains_its_autoencoder_stage_once(tmp_path):
+  wd = str(tmp_path / 'run')
+  c = config_loader.load(f'{ROOT}/configs/shapes.py:runlocal')
+  validate.check_config(c)
+  c.num_grid_samples = 0
+  out = train.train_and_evaluate(c, wd)
+  sub = os.path.join(wd, 'stages', 'autoencoder')
+  assert out['steps'] == c.total_steps
+  with open(os.path.join(sub, 'metrics.json')) as f:
+    ae_metrics = json.load(f)
+  stage_steps = stages.load_stage_config(c.stages.autoencoder).total_steps
+  assert ae_metrics['steps'] == stage_steps
+  assert out['stages']['autoencoder']['steps'] == stage_steps
+  # The saved config names the stage's workdir, and the generator's frozen
+  # autoencoder is exactly that workdir's EMA weights.
+  with open(os.path.join(wd, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['frozen']['autoencoder']['source'] == 'workdir:' + sub
+  from visgen import builder  # pylint: disable=g-import-not-at-top
+  b, _, _ = builder.restore(config_loader.load_workdir(wd), wd)
+  ae_b, ae_state, _ = builder.restore(
+      stages.load_stage_config(c.stages.autoencoder), sub)
+  want = jax.tree.leaves(builder.first_ema(ae_state))
+  got = jax.tree.leaves(b.frozen.params['autoencoder'])
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  del ae_b
+  # A second run (finished workdir) does not train the stage again.
+  before = os.path.getmtime(os.path.join(sub, 'metrics.json'))
+  c2 = config_loader.load(f'{ROOT}/configs/shapes.py:runlocal')
+  c2.num_grid_samples = 0
+  train.train_and_evaluate(c2, wd)
+  assert os.path.getmtime(os.path.join(sub, 'metrics.json')) == before
+  assert weights_lib.parse_source(saved['frozen']['autoencoder']['source'],
+                                  what='x')[0] == 'workdir'
+  # A copied workdir resumes (checkpoint fingerprints name the stage, not
+  # its absolute path) and uses its own copy of the stage.
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(wd, moved)
+  c3 = config_loader.load(f'{ROOT}/configs/shapes.py:runlocal')
+  c3.num_grid_samples = 0
+  out3 = train.train_and_evaluate(c3, moved)
+  assert out3['steps'] == c.total_steps
+  assert c3.frozen.autoencoder.source == 'workdir:' + os.path.join(
+      moved, 'stages', 'autoencoder')
+
+
+  # A noise-aware classifier in the same latent space (classifier guidance
+  # of the latent generator) trains on the stage's autoencoder.
+  cc = config_loader.load(
+      f'{ROOT}/configs/shapes_noisy_classifier.py:runlocal,ae={sub}')
+  cc.total_steps = 2
+  cc.num_grid_samples = 4
+  cls_out = train.train_and_evaluate(cc, str(tmp_path / 'cls'))
+  assert np.isfinite(cls_out['final_loss'])
+  assert tuple(cc.task.x_shape) == tuple(c.task.x_shape)
+
+
+def test_fingerprint_names_stages_symbolically():
+  assert stages.symbolic('workdir:/a/b/stages/autoencoder') == (
+      'stage:autoencoder')
+  assert stages.symbolic('workdir:/a/b/autoencoder') == (
+      'workdir:/a/b/autoencoder')
+  assert stages.symbolic('npz:/a/stages/x') == 'npz:/a/stages/x'
