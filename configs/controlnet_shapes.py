@@ -1,6 +1,7 @@
-r"""ControlNet on the frozen 32x32 shapes generator (configs/shapes.py).
+r"""ControlNet on the frozen 32x32 pixel-space shapes generator.
 
-  python -m visgen.main --config=configs/shapes.py --workdir=/tmp/shapes
+  python -m visgen.main --config=configs/shapes.py:latent=False \
+      --workdir=/tmp/shapes
   python -m visgen.main --config=configs/controlnet_shapes.py:base=/tmp/shapes \
       --workdir=/tmp/controlnet_edges
 
@@ -12,7 +13,7 @@ features to the frozen base's skip connections and middle output
 (`init_from`, mapping `controlnet.INIT_MAPPING`); the base is the frozen
 component `base`. Path, prediction, weighting, time distribution and
 sampler are the base's (read from its config.json; by default
-configs/shapes.py's: rectified flow, x0 prediction on the velocity loss,
+the pixel recipe of configs/shapes.py (`:latent=False`): rectified flow, x0 prediction on the velocity loss,
 logit-normal times, Euler 12 steps), CFG 2 over the base's class label,
 `control_scale` 1.
 

@@ -7,7 +7,7 @@ its discriminative twin (issue 14 item 4).
       --config=configs/dense_shapes.py:target=semantic,mode=discriminative \
       --workdir=/tmp/dense_sem_disc                  # same U-Net, per-pixel loss
   # Marigold's recipe: fine-tune an image generator of the same architecture
-  # (configs/shapes.py at the same res / width / patch); the concat
+  # (configs/shapes.py:latent=False at the same res / width / patch); the concat
   # projection starts at zero, so step 0 is that generator:
   python -m visgen.main \
       --config=configs/dense_shapes.py:target=depth,init=/tmp/shapes \

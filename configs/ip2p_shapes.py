@@ -1,7 +1,8 @@
 r"""InstructPix2Pix on `shapes_edit` pairs (recolour / move / resize).
 
   python -m visgen.main --config=configs/ip2p_shapes.py --workdir=/tmp/ip2p
-  # warm-started from the shapes generator (extra input channels at zero):
+  # warm-started from the pixel-space shapes generator (configs/shapes.py:
+  # latent=False; extra input channels at zero):
   python -m visgen.main --config=configs/ip2p_shapes.py:base=/tmp/shapes \
       --workdir=/tmp/ip2p
 

@@ -1,6 +1,8 @@
 r"""Class-conditional generation of 32x32 `shapes` scenes on 2 CPU cores.
 
   python -m visgen.main --config=configs/shapes.py --workdir=/tmp/shapes
+  python -m visgen.main --config=configs/shapes.py:ae=/tmp/ae ...   # reuse an AE
+  python -m visgen.main --config=configs/shapes.py:latent=False ...  # pixels
 
 Learns p(x | y) for 32x32 RGB scenes of the procedural world
 (visgen/data/shapes.py), y = the shape of the largest visible object (4
@@ -10,43 +12,43 @@ attribute net against the test split (shapes-FID, -precision, -recall and
 the class accuracy of the samples next to the net's accuracy on real test
 scenes, `class_accuracy_real`).
 
-The recipe (measured on 2 CPU cores shared with 5-8 other jobs; see
-experiments/shapes_curve.py and experiments/results/shapes_curve/):
-* a small ADM U-Net on 2x2 space-to-depth patches (`patch=2`: the convs run
-  at 16x16, 8x8, 4x4, while the output is still per pixel), width 32,
-  channel_mult (1, 2, 2), one res block per level, attention only 4x4 in the
-  middle: 1.15M parameters, 0.58-0.62 s per step at batch 64 (the fastest
-  step of the candidates measured: DiT patch 4 width 256 depth 6, 7.4M, 1.75
-  s; width 192, 4.2M, 1.15 s; DiT patch 2 width 128, 1.9M, 3.2 s; U-Net
-  patch 1 width 16, 0.29M, 0.89 s; all at load average 16-18);
-* rectified flow with x0 prediction trained on the velocity error
-  (`prediction='x0'`, weighting uniform in velocity space; JiT, Li & He
-  2025): at 400 steps it removes the per-pixel noise texture that velocity
-  prediction leaves (shapes-FID 409 against 509, 300 samples each),
-  logit-normal times (SD3), EMA 0.999 with warm-up;
-* Euler sampling, 12 steps, classifier-free guidance scale 2. Heun with x0
-  prediction diverges to saturated colours (shapes-FID 379, precision 0.20
-  on the same checkpoint): use `sampler=euler` (the default).
+The recipe: latent diffusion (LDM) in one command.
+* Stage 1 (visgen.stages): the scene autoencoder (configs/
+  autoencoder_shapes.py, SD's AutoencoderKL family, f=4, 8x8x4 latents,
+  L1 + perceptual + KL, 800 steps) is trained first into
+  WORKDIR/stages/autoencoder; its time counts in this run's wall clock and
+  its reconstruction metrics are copied to metrics.json['stages'].
+* Stage 2: the frozen autoencoder encodes each batch on the fly; latents
+  normalised per channel (EDM2, std 0.5); an ADM U-Net on the 8x8x4
+  latents, width 64, channel_mult (1, 2), one res block per level,
+  attention 4x4 in the middle (2.81M parameters, 0.31 s per step at batch
+  64 on 2 idle cores); rectified flow with x0 prediction trained on the
+  velocity error (JiT, Li & He 2025), logit-normal times (SD3), AdamW lr
+  1e-3 cosine, EMA 0.999 with warm-up, LATENT_STEPS steps; Euler 40 steps,
+  classifier-free guidance scale 2.
 
-Measured on an idle machine (2026-12-07), `python -m visgen.main
---config=configs/shapes.py:steps=4000` (what fits 30 minutes at 2.3 steps/s):
-30 min 43 s wall clock (training 1735 s), shapes-FID 143.7 (floor 3.51),
-precision 0.729, recall 0.595, class accuracy 0.311 (real scenes 0.919):
-still blobs without geometry, the bound NOT reached.
+Why latent (probes at equal steps, experiments/shapes_probe.py, 500
+samples, so FIDs read ~3-5 higher than the loop's 1000-sample ones): after
+~930 steps the pixel-space patch-2 U-Net scores shapes-FID 170 (Euler 40)
+with blob samples, the same budget in latent space 39 (x0 prediction;
+velocity prediction 66); a width-96 latent U-Net (6.3M) 37 at 1031 steps
+but at twice the step time; a latent DiT (7.4M, 64 tokens) was 3x slower
+per step. CFG 1 / 2 / 3 on the width-96 probe: FID 49.6 / 36.7 / 42.3,
+class accuracy 0.39 / 0.51 / 0.60. Euler 40 against 12: FID 39 against 49.
 
-Measured earlier, `python -m visgen.main --config=configs/shapes.py`, 2000 steps,
-batch 64 (2026-12-02, load average 16-18 on 2 cores, this run at
-autogroup priority): 1181 s of training (1.7 steps/s), final loss 0.112;
-the same checkpoint re-evaluated with the Euler sampler (`--mode=eval`, 81 s):
-shapes-FID 178.5 (floor 3.51), precision 0.74, recall 0.57, class accuracy
-0.275 (chance 0.25; real scenes 0.919). Samples: clean flat backgrounds
-and coloured blobs of the right colours, sizes and positions, no geometry
-yet; the label changes the output only slightly (mean |dx| 0.03-0.09 on
-[-1, 1] between labels at the same noise): the model has not learned shapes,
-so the class cannot show. The issue's bound (shapes-FID <= 14, class
-accuracy >= 0.73 in 30 min) is NOT reached: at ~1.7 steps/s, 30 minutes
-buy ~3000 steps (190k scenes seen) and shapes-FID falls slowly with steps
-(the curve: 375 -> 246 -> 186 over 500 -> 2000 steps for velocity).
+Measured (run of record, idle machine, 2026-12-07, `python -m visgen.main
+--config=configs/shapes.py`): 26 min 20 s wall clock (autoencoder stage
+596 s; generator 2800 steps at ~3.1 steps/s; final evaluation of 1000
+samples), shapes-FID 19.6 (floor 3.51; the issue's bound 14 NOT met),
+precision 0.765 (bound 0.7 met), recall 0.827, class accuracy 0.694 (real
+scenes 0.919; bound 0.735 NOT met). The autoencoder stage: PSNR 25.4 dB,
+reconstruction shapes-FID 9.45 (the floor of this latent space).
+
+`latent=False` keeps the earlier pixel-space recipe (patch-2 U-Net, width
+32, channel_mult (1, 2, 2), 1.15M, 4000 steps, Euler 12 in its run of
+record): 30 min 43 s, shapes-FID 143.7, precision 0.729, recall 0.595,
+class accuracy 0.311, blobs without geometry. ControlNet / InstructPix2Pix
+/ dense-prediction warm starts use that pixel-space generator.
 """
 
 from visgen import config_lib
@@ -63,7 +65,7 @@ def get_config(arg=None):
                              lr=1e-3, patch=2, blocks=1, mult='',
                              mid_attention=True, dtype='float32',
                              time_dist='logit_normal', prediction='x0',
-                             sampler='euler', sampler_steps=40,
+                             sampler='euler', sampler_steps=0,
                              cfg_scale=2.0, arch='unet', depth=6, heads=4)
   latent = arg.latent or bool(arg.ae)
   c = config_lib.base_config()
@@ -124,7 +126,8 @@ def get_config(arg=None):
     c.time_dist = dict(name=arg.time_dist)
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name=arg.sampler, steps=arg.sampler_steps,
+  c.sampler = dict(name=arg.sampler,
+                   steps=arg.sampler_steps or (40 if latent else 12),
                    cfg_scale=arg.cfg_scale, cfg_rescale=0.0,
                    cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.num_grid_samples = 40

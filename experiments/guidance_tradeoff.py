@@ -89,8 +89,8 @@ DATASETS.register('digits')(Dataset(
 DATASETS.register('shapes')(Dataset(
     generator='configs/shapes.py',
     classifier='configs/shapes_noisy_classifier.py',
-    feature_net='shapes', reference='shapes:test', gen_steps=2000,
-    cls_steps=2000,
+    feature_net='shapes', reference='shapes:test', gen_steps=2800,
+    cls_steps=1000,
     metric_space=("shapes attribute net (visgen.evaluators.feature_nets "
                   "'shapes', 32x32 input), "
                   'reference: shapes test split (10000 scenes) at 32x32; '
@@ -137,6 +137,13 @@ def latent_autoencoder(config) -> str:
     raise ValueError(f'Classifier guidance of a latent generator needs its '
                      f'autoencoder as a workdir source, got {source!r}.')
   return path
+
+
+def image_size(task) -> int:
+  """The side of the images a generator's samples decode to (a latent
+  task's x_shape is its latents'): the size of the reference images."""
+  codec = getattr(task, 'codec', None)
+  return int((codec.image_shape if codec is not None else task.x_shape)[0])
 
 
 def rows_spec(cfg_scales, cls_scales):
@@ -188,7 +195,7 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
   net = spec.feature_net
   ref_name, ref_split = spec.reference.split(':')
   reference = datasets.load_images(ref_name, split=ref_split,
-                                   size=gen.task.x_shape[0])
+                                   size=image_size(gen.task))
   evaluator = in_loop.InLoopEvaluator(
       feature_net=net, reference=reference, num_samples=num_samples,
       batch_size=batch)
@@ -261,9 +268,11 @@ def main(argv=None):
                       'scene world at 32x32, 4 shape classes).')
   parser.add_argument('--generator_steps', type=int, default=None,
                       help='Default: the dataset\'s (digits 3000, shapes '
-                      '2000).')
+                      '2800: configs/shapes.py\'s run of record, so its '
+                      'workdir can be reused as WORKDIR/generator).')
   parser.add_argument('--classifier_steps', type=int, default=None,
-                      help='Default: the dataset\'s (2000).')
+                      help='Default: the dataset\'s (digits 2000, shapes '
+                      '1000).')
   parser.add_argument('--num_samples', type=int, default=1000,
                       help='Samples per row.')
   parser.add_argument('--cfg_scales', default='0,1.5,2,3,5',

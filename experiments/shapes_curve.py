@@ -36,7 +36,8 @@ from visgen import train as train_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-           (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
+           (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
+           (23, 190, 207))
 
 
 def train_with_curve(config, workdir: str) -> list[dict]:

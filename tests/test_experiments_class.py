@@ -7,6 +7,7 @@ results.json.
 
 import json
 import os
+import types
 
 import numpy as np
 from PIL import Image
@@ -103,6 +104,13 @@ def test_shapes_dataset_pairs_generator_classifier_and_scorer():
         gen.data.resolution, gen.data.resolution, 3)
     assert gen.task.num_classes == cls.task.num_classes == len(shapes.SHAPES)
     assert gen.task.label_dropout > 0.0  # the null class, for CFG
+  # The reference images are compared at the size the samples decode to
+  # (a latent generator's x_shape is its latents').
+  latent_task = types.SimpleNamespace(
+      x_shape=(8, 8, 4), codec=types.SimpleNamespace(image_shape=(32, 32, 3)))
+  pixel_task = types.SimpleNamespace(x_shape=(16, 16, 3), codec=None)
+  assert guidance_tradeoff.image_size(latent_task) == 32
+  assert guidance_tradeoff.image_size(pixel_task) == 16
   with pytest.raises(ValueError, match='Valid choices: digits, shapes'):
     guidance_tradeoff.DATASETS.get('cifar10')
   table = guidance_tradeoff.markdown(

@@ -81,7 +81,7 @@ def _unknown_key(config, key: str, arg: str) -> str | None:
       close = difflib.get_close_matches(part, valid, n=1)
       hint = (f'Did you mean "{close[0]}" instead of "{part}"? '
               if close else '')
-      shown = ', '.join(valid[:25]) + (', ...' if len(valid) > 25 else '')
+      shown = ', '.join(valid[:40]) + (', ...' if len(valid) > 40 else '')
       return (f'{arg}: {where} has no key {part!r}. {hint}Valid keys of '
               f'{where}: {shown}. Fix: correct the key (the config file '
               'declares every key a run may set).')
