@@ -6,7 +6,7 @@ Kept as the name the guidance experiment's first scene rows used; it is now
 exactly configs/shapes.py (the same `:args`), the one scene-world generator
 recipe: 32x32 RGB `shapes` scenes, y = the shape of the largest visible
 object (4 classes), null class (label dropout 0.1) for classifier-free
-guidance, a patch-2 U-Net on rectified flow. (The earlier 16x16 residual
+guidance, latent diffusion on its own autoencoder stage. (The earlier 16x16 residual
 MLP learned colour blobs only: shapes-FID ~290, class accuracy at chance.)
 The guidance experiment (`python -m experiments.guidance_tradeoff
 --dataset=shapes`) pairs it with configs/shapes_noisy_classifier.py.
