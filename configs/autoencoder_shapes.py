@@ -36,7 +36,7 @@ from visgen import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=32,
-                             ch=32, lr=1e-3, disc=False, kl_weight=1e-6,
+                             ch=32, lr=1e-3, disc=False, kl_weight=1e-6, z=4,
                              perceptual_weight=1.0)
   c = config_lib.base_config()
   c.seed = 0
@@ -55,7 +55,7 @@ def get_config(arg=None):
                 disc_start=arg.steps // 2, eval_split='test')
   c.model = dict(name='autoencoder_kl', input_size=32, in_channels=3,
                  ch=arg.ch, ch_mult=(1, 2, 2), num_res_blocks=1,
-                 z_channels=4, double_z=True, norm_groups=8,
+                 z_channels=arg.z, double_z=True, norm_groups=8,
                  mid_attention=True, disc_layers=2 if arg.disc else 0,
                  disc_channels=32, dtype='float32')
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',

@@ -61,7 +61,7 @@ PIXEL_STEPS = 4000
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
-                             ae_steps=800, steps=0, batch=64, width=0,
+                             ae_steps=800, z=4, cache=0, steps=0, batch=64, width=0,
                              lr=1e-3, patch=2, blocks=1, mult='',
                              mid_attention=True, dtype='float32',
                              time_dist='logit_normal', prediction='x0',
@@ -100,18 +100,28 @@ def get_config(arg=None):
     else:
       c.stages = dict(autoencoder=dict(
           config='configs/autoencoder_shapes.py:' + (
-              'runlocal' if arg.runlocal else f'steps={arg.ae_steps}')))
+              'runlocal' if arg.runlocal else
+              f'steps={arg.ae_steps},z={arg.z}')))
       source = 'stage:autoencoder'
     c.frozen = dict(autoencoder=dict(source=source))
-    c.task.x_shape = (RES // 4, RES // 4, 4)
+    if arg.cache:
+      # Pre-encode the first `cache` train scenes once (an encoding stage,
+      # visgen.data.latents): the generator's step then runs no encoder.
+      c.stages = dict(c.get('stages') or {})
+      c.stages['latents'] = dict(encode=source, dataset='shapes',
+                                 split='train', num_examples=arg.cache)
+      c.data = dict(name='latents', path='stage:latents',
+                    batch_size=arg.batch, num_threads=2)
+      c.task.data_key = 'latent'
+    c.task.x_shape = (RES // 4, RES // 4, arg.z)
     c.task.latent = dict(frozen='autoencoder', image_shape=(RES, RES, 3),
                          normalize='channel')
     if arg.arch == 'dit':
-      c.model = dict(name='dit', input_size=RES // 4, in_channels=4,
+      c.model = dict(name='dit', input_size=RES // 4, in_channels=arg.z,
                      patch=1, width=width, depth=arg.depth,
                      heads=arg.heads, num_classes=4, dtype=arg.dtype)
     else:
-      c.model.update(input_size=RES // 4, in_channels=4, patch=1)
+      c.model.update(input_size=RES // 4, in_channels=arg.z, patch=1)
   c.path = dict(name='linear')
   c.prediction = arg.prediction
   if arg.prediction == 'x0':
@@ -139,9 +149,13 @@ def get_config(arg=None):
     c.total_steps = 4
     c.log_every = 2
     c.ckpt_every = 2
-    c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8)
+    if latent and arg.cache:
+      c.data.update(batch_size=8, num_threads=1)
+    else:
+      c.data = dict(name='shapes', resolution=8, num_examples=64,
+                    batch_size=8)
     if latent:  # the runlocal autoencoder: 8x8 -> 4x4x4
-      c.task.update(x_shape=(4, 4, 4), latent=dict(
+      c.task.update(x_shape=(4, 4, arg.z), latent=dict(
           frozen='autoencoder', image_shape=(8, 8, 3), normalize='channel'))
       c.model.update(input_size=4, model_channels=8, channel_mult=(1,),
                      mid_attention=False)

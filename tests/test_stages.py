@@ -137,3 +137,77 @@ def test_fingerprint_names_stages_symbolically():
   assert stages.symbolic('workdir:/a/b/autoencoder') == (
       'workdir:/a/b/autoencoder')
   assert stages.symbolic('npz:/a/stages/x') == 'npz:/a/stages/x'
+
+
+def test_encoding_stage_pre_encodes_once_and_trains_on_latents(
+    tmp_path, monkeypatch):
+  """configs/shapes.py:runlocal,cache=N: the autoencoder stage, then an
+  encoding stage writes the encoder's posterior means of the first N train
+  scenes; the generator trains on them through the codec's normalisation,
+  which equals encoding the images in the step; a finished encoding is not
+  redone and a failed one leaves nothing a later run would trust."""
+  from visgen import builder  # pylint: disable=g-import-not-at-top
+  from visgen.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from visgen.data import shapes as shapes_data  # pylint: disable=g-import-not-at-top
+
+  wd = str(tmp_path / 'run')
+  spec = f'{ROOT}/configs/shapes.py:runlocal,cache=32'
+  c = config_loader.load(spec)
+  validate.check_config(c)
+  c.num_grid_samples = 0
+  out = train.train_and_evaluate(c, wd)
+  assert out['steps'] == c.total_steps
+  assert out['stages']['latents']['num_examples'] == 32
+  sub = os.path.join(wd, 'stages', 'latents')
+  assert c.data.path == sub and not os.path.exists(sub + '.partial')
+  with open(os.path.join(sub, 'meta.json')) as f:
+    meta = json.load(f)
+  assert meta['autoencoder'] == 'stage:autoencoder'
+  # The stored latents are the stage autoencoder's posterior means, and the
+  # task's view of them equals encoding the images inside the step.
+  b, _, _ = builder.restore(config_loader.load_workdir(wd), wd)
+  src = shapes_data.ShapesSource(split='train', resolution=8)
+  images = np.stack([src[i]['image'] for i in range(8)])
+  stored = latents_lib.LatentSource(sub)
+  raw = np.stack([stored[i]['latent'] for i in range(8)])
+  assert [stored[i]['label'] for i in range(8)] == [
+      src[i]['label'] for i in range(8)]
+  frozen = b.frozen.params
+  want = np.asarray(b.task.codec.encode(frozen, images))
+  got = np.asarray(b.task.to_x0({'latent': raw}))
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+  # Not encoded again by a second run.
+  before = os.path.getmtime(os.path.join(sub, 'latents.npy'))
+  c2 = config_loader.load(spec)
+  c2.num_grid_samples = 0
+  train.train_and_evaluate(c2, wd)
+  assert os.path.getmtime(os.path.join(sub, 'latents.npy')) == before
+  # A request for more scenes re-encodes; one that dies mid-way leaves the
+  # previous complete latents or none, never a half-written directory.
+
+  def boom(*a, **k):
+    raise RuntimeError('killed mid-encoding')
+
+  monkeypatch.setattr(latents_lib, 'encode_dataset', boom)
+  c3 = config_loader.load(f'{ROOT}/configs/shapes.py:runlocal,cache=48')
+  with pytest.raises(RuntimeError, match='killed'):
+    stages.run_encode('latents', c3.stages.latents, wd)
+  assert os.path.getmtime(os.path.join(sub, 'latents.npy')) == before
+  with open(os.path.join(sub, 'meta.json')) as f:
+    assert json.load(f)['num_examples'] == 32
+
+
+@pytest.mark.parametrize('stages_, path, match', [
+    ({}, 'stage:latents', r"data\.path='stage:latents' names no encoding"),
+    (dict(latents=dict(encode='stage:ae')), 'stage:latents',
+     r"stages\.latents\.encode='stage:ae' names no training stage"),
+    (dict(latents=dict(encode='/x', dataset='shapes')), 'stage:latents',
+     r"must name the autoencoder"),
+    (dict(latents=dict(encode='workdir:/x', splits='train')), 'x',
+     r"unknown fields \['splits'\]"),
+])
+def test_bad_encoding_stages_fail_with_the_key(stages_, path, match):
+  c = _config(stages=stages_)
+  c.data = mlc.ConfigDict(dict(name='latents', path=path))
+  with pytest.raises(ValueError, match=match):
+    stages.check(c)

@@ -250,9 +250,13 @@ def run(config, *, sample: bool = True) -> dict:
   from visgen import sharding  # pylint: disable=g-import-not-at-top
 
   knobs = dict(bench_config.bench_defaults(), **dict(config.get('bench', {})))
-  if knobs['sample_steps']:  # The sampler the task builds, at bench steps.
+  if not config.get('sampler'):
+    # A task without a sampler (an autoencoder): the train step only.
+    sample = False
+  elif knobs['sample_steps']:  # The sampler the task builds, at bench steps.
     config = config.copy_and_resolve_references()
-    config.sampler.steps = int(knobs['sample_steps'])
+    with config.unlocked():
+      config.sampler.steps = int(knobs['sample_steps'])
   out: dict[str, Any] = dict(
       model=dict(config.model), devices=str(jax.devices()),
       jax=jax.__version__, hugepages=hugepages_enabled(),

@@ -74,6 +74,9 @@ def fingerprint(config, abstract_params) -> dict:
   for k, v in cfg.items():
     if k.endswith('.source') and isinstance(v, str):
       cfg[k] = stages.symbolic(v)
+    elif k == 'data.path' and isinstance(v, str):  # an encoding stage's
+      sym = stages.symbolic('workdir:' + v)
+      cfg[k] = sym if sym.startswith(stages.PREFIX) else v
   return {'params': params, 'config': _fixed(cfg)}
 
 

@@ -19,6 +19,19 @@ read the stage's checkpoint like any other workdir source.
 A stage's `config` is a config spec (configs/X.py[:arg], relative to the
 current directory or to the repository root) with optional `overrides`
 (dotted keys, as `--config.a.b=v`).
+
+An *encoding* stage pre-encodes a dataset with a trained autoencoder once
+(latent diffusion's data side, `visgen.data.latents`), so the generator's
+step runs no encoder:
+
+  c.stages.latents = dict(encode='stage:autoencoder', dataset='shapes',
+                          split='train', num_examples=50000)
+  c.data = dict(name='latents', path='stage:latents', batch_size=64)
+
+It runs after the training stages, writes DIR/stages/<name> atomically
+(a killed encoding leaves no half-written latents) and is skipped when its
+meta.json records the same autoencoder, dataset, split and count. The data
+path 'stage:<name>' is rewritten like a weight source.
 """
 
 import json
@@ -29,6 +42,8 @@ from absl import logging
 
 PREFIX = 'stage:'
 FIELDS = ('config', 'overrides')
+ENCODE_FIELDS = ('encode', 'dataset', 'split', 'num_examples', 'resolution',
+                 'batch')
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 
 
@@ -65,6 +80,15 @@ def _sources(config) -> list[tuple[str, Any, str]]:
   return out
 
 
+def _is_encode(spec) -> bool:
+  return 'encode' in dict(spec)
+
+
+def _data_path(config) -> Any:
+  data = config.get('data') or {}
+  return data.get('path') if data.get('name') == 'latents' else None
+
+
 def check(config) -> None:
   """Stage entries are well formed and every 'stage:' source names one.
 
@@ -73,10 +97,30 @@ def check(config) -> None:
   stages = config.get('stages') or {}
   for name, spec in stages.items():
     spec = dict(spec)
+    if _is_encode(spec):
+      unknown = sorted(set(spec) - set(ENCODE_FIELDS))
+      if unknown:
+        raise ValueError(
+            f'config.stages.{name} (an encoding stage) has unknown fields '
+            f'{unknown}; valid fields: {", ".join(ENCODE_FIELDS)}.')
+      source = spec['encode']
+      if not isinstance(source, str) or not (
+          source.startswith(PREFIX) or source.startswith('workdir:')):
+        raise ValueError(
+            f'config.stages.{name}.encode={source!r} must name the '
+            "autoencoder: 'stage:<name>' or 'workdir:PATH'.")
+      if source.startswith(PREFIX):
+        other = source[len(PREFIX):]
+        if other not in stages or _is_encode(stages[other]):
+          raise ValueError(
+              f'config.stages.{name}.encode={source!r} names no training '
+              f'stage; stages: {sorted(stages)}.')
+      continue
     unknown = sorted(set(spec) - set(FIELDS))
     if unknown:
       raise ValueError(f'config.stages.{name} has unknown fields {unknown}; '
-                       f'valid fields: {", ".join(FIELDS)}.')
+                       f'valid fields: {", ".join(FIELDS)} (an encoding '
+                       f'stage: {", ".join(ENCODE_FIELDS)}).')
     if not isinstance(spec.get('config'), str) or not spec['config']:
       raise ValueError(f'config.stages.{name}.config must name a config '
                        "file, e.g. 'configs/autoencoder_shapes.py'.")
@@ -88,20 +132,33 @@ def check(config) -> None:
   for key, _, source in _sources(config):
     if isinstance(source, str) and source.startswith(PREFIX):
       name = source[len(PREFIX):]
-      if name not in stages:
+      if name not in stages or _is_encode(stages[name]):
         raise ValueError(
-            f'config.{key}={source!r} names no stage; stages: '
+            f'config.{key}={source!r} names no training stage; stages: '
             f'{sorted(stages) or "none"}. Fix: add config.stages.{name} = '
             "dict(config='configs/X.py') or use a 'workdir:PATH' source.")
+  path = _data_path(config)
+  if isinstance(path, str) and path.startswith(PREFIX):
+    name = path[len(PREFIX):]
+    if name not in stages or not _is_encode(stages[name]):
+      raise ValueError(
+          f'config.data.path={path!r} names no encoding stage; stages: '
+          f'{sorted(stages) or "none"}. Fix: add config.stages.{name} = '
+          "dict(encode='stage:autoencoder', dataset=..., split='train') or "
+          'give the directory of pre-encoded latents.')
 
 
 def resolve(config, workdir: str):
-  """Rewrites 'stage:<name>' sources to the stage's workdir (in place)."""
+  """Rewrites 'stage:<name>' sources (and a latents data path) to the
+  stage's directory (in place)."""
   check(config)
   for _, holder, source in _sources(config):
     if isinstance(source, str) and source.startswith(PREFIX):
       holder['source'] = 'workdir:' + stage_dir(
           workdir, source[len(PREFIX):])
+  path = _data_path(config)
+  if isinstance(path, str) and path.startswith(PREFIX):
+    config.data.path = stage_dir(workdir, path[len(PREFIX):])
   return config
 
 
@@ -125,12 +182,74 @@ def finished(sub: str, stage_config) -> bool:
   return steps == int(stage_config.total_steps)
 
 
+def _encode_meta(spec: dict, autoencoder: str) -> dict:
+  return dict(autoencoder=symbolic('workdir:' + os.path.abspath(autoencoder)),
+              dataset=spec.get('dataset', 'shapes'),
+              split=spec.get('split', 'train'),
+              num_examples=spec.get('num_examples'))
+
+
+def _encoded(sub: str, want: dict) -> bool:
+  """Whether `sub` holds the latents `want` describes (see _encode_meta)."""
+  try:
+    with open(os.path.join(sub, 'meta.json')) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return all(meta.get(k) == v for k, v in want.items()
+             if not (k == 'num_examples' and v is None))
+
+
+def run_encode(name: str, spec: dict, workdir: str) -> dict:
+  """Runs one encoding stage (if not done); its metrics."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  from visgen.data import latents  # pylint: disable=g-import-not-at-top
+
+  spec = dict(spec)
+  source = spec['encode']
+  ae = (stage_dir(workdir, source[len(PREFIX):])
+        if source.startswith(PREFIX) else source.partition(':')[2])
+  sub = stage_dir(workdir, name)
+  want = _encode_meta(spec, ae)
+  if _encoded(sub, want):
+    logging.info('Stage %r: latents in %s, not encoded again.', name, sub)
+    with open(os.path.join(sub, 'meta.json')) as f:
+      meta = json.load(f)
+    return dict(num_examples=meta['num_examples'],
+                encode_wall_time_s=meta.get('encode_wall_time_s'))
+  logging.info('Stage %r: encoding %s/%s with %s into %s.', name,
+               want['dataset'], want['split'], ae, sub)
+  start = time.time()
+  tmp = sub + '.partial'
+  shutil.rmtree(tmp, ignore_errors=True)
+  n, _ = latents.encode_to_dir(
+      ae, out=tmp, dataset=want['dataset'], split=want['split'],
+      resolution=spec.get('resolution'), num_examples=spec.get(
+          'num_examples'), batch=int(spec.get('batch', 256)))
+  elapsed = time.time() - start
+  with open(os.path.join(tmp, 'meta.json')) as f:
+    meta = json.load(f)
+  meta.update(want, num_examples=n, encode_wall_time_s=elapsed)
+  with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+    json.dump(meta, f, indent=1)
+  shutil.rmtree(sub, ignore_errors=True)  # an outdated encoding
+  os.replace(tmp, sub)  # atomic: complete latents or none
+  logging.info('Stage %r: %d latents in %.0f s.', name, n, elapsed)
+  return dict(num_examples=n, encode_wall_time_s=elapsed)
+
+
 def run(config, workdir: str, train_fn: Callable[[Any, str], dict]
         ) -> dict[str, dict]:
-  """Trains every unfinished stage; returns each stage's metrics.json."""
+  """Trains every unfinished stage, then runs the encoding stages; returns
+  each stage's metrics (a trained stage's metrics.json)."""
   check(config)
   out = {}
-  for name, spec in (config.get('stages') or {}).items():
+  stages = config.get('stages') or {}
+  for name, spec in stages.items():
+    if _is_encode(spec):
+      continue
     sub = stage_dir(workdir, name)
     stage_config = load_stage_config(spec)
     if finished(sub, stage_config):
@@ -141,4 +260,7 @@ def run(config, workdir: str, train_fn: Callable[[Any, str], dict]
       train_fn(stage_config, sub)
     with open(os.path.join(sub, 'metrics.json')) as f:
       out[name] = json.load(f)
+  for name, spec in stages.items():
+    if _is_encode(spec):
+      out[name] = run_encode(name, spec, workdir)
   return out

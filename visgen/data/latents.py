@@ -139,12 +139,48 @@ def autoencoder_encoder(workdir: str, *, weights: str = 'ema',
   return encode_fn, model_cfg
 
 
-def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
+def encode_to_dir(workdir: str, *, out: str, dataset: str = 'shapes',
+                  split: str = 'train', resolution: int | None = None,
+                  num_examples: int | None = None, batch: int = 256,
+                  weights: str = 'ema', sample: bool = False,
+                  stats_examples: int = 1000) -> tuple[int, dict]:
+  """Encodes `dataset`/`split` (its first `num_examples`) with the trained
+  autoencoder of `workdir` into `out`; (count, latent statistics).
 
+  The statistics come from the workdir, or are computed on the first
+  `stats_examples` examples and written there (latent_stats.json).
+  """
   from visgen import data  # pylint: disable=g-import-not-at-top
   from visgen.evaluators import datasets  # pylint: disable=g-import-not-at-top
   from visgen.tasks import autoencoder as ae_task  # pylint: disable=g-import-not-at-top
+
+  encode_fn, model_cfg = autoencoder_encoder(workdir, weights=weights,
+                                             sample=sample)
+  size = resolution or int(model_cfg.get('input_size', 32))
+  source = data.get_source(dataset, split=split,
+                           **datasets._size_kwargs(dataset, size))  # pylint: disable=protected-access
+  if num_examples:
+    source = _Prefix(source, num_examples)
+  try:
+    stats = ae_task.read_latent_stats(workdir)
+  except FileNotFoundError:
+    n = min(stats_examples, len(source))
+    z = np.concatenate([np.asarray(encode_fn(np.stack(
+        [source[i]['image'] for i in range(s, min(n, s + batch))])))
+                        for s in range(0, n, batch)])
+    stats = ae_task.latent_stats(z)
+    with open(os.path.join(workdir, ae_task.STATS_FILE), 'w') as f:
+      json.dump(stats, f, indent=1)
+    print(f'latent statistics of {n} examples -> '
+          f'{os.path.join(workdir, ae_task.STATS_FILE)}')
+  n = encode_dataset(source, encode_fn, out_dir=out, batch_size=batch,
+                     meta=dict(autoencoder=workdir, dataset=dataset,
+                               split=split, sample=sample, **stats))
+  return n, stats
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(prog='python -m visgen.data.latents')
   parser.add_argument('--autoencoder', required=True,
@@ -169,29 +205,11 @@ def main(argv=None) -> int:
                  'pass the workdir of a trained autoencoder run.')
   if args.out is None:
     parser.error('--out=DIR is required.')
-  encode_fn, model_cfg = autoencoder_encoder(workdir, weights=args.weights,
-                                             sample=args.sample)
-  size = args.resolution or int(model_cfg.get('input_size', 32))
-  source = data.get_source(args.dataset, split=args.split,
-                           **datasets._size_kwargs(args.dataset, size))  # pylint: disable=protected-access
-  if args.num_examples:
-    source = _Prefix(source, args.num_examples)
-  try:
-    stats = ae_task.read_latent_stats(workdir)
-  except FileNotFoundError:
-    n = min(args.stats_examples, len(source))
-    z = np.concatenate([np.asarray(encode_fn(np.stack(
-        [source[i]['image'] for i in range(s, min(n, s + args.batch))])))
-                        for s in range(0, n, args.batch)])
-    stats = ae_task.latent_stats(z)
-    with open(os.path.join(workdir, ae_task.STATS_FILE), 'w') as f:
-      json.dump(stats, f, indent=1)
-    print(f'latent statistics of {n} examples -> '
-          f'{os.path.join(workdir, ae_task.STATS_FILE)}')
-  n = encode_dataset(source, encode_fn, out_dir=args.out,
-                     batch_size=args.batch,
-                     meta=dict(autoencoder=workdir, dataset=args.dataset,
-                               split=args.split, sample=args.sample, **stats))
+  n, stats = encode_to_dir(
+      workdir, out=args.out, dataset=args.dataset, split=args.split,
+      resolution=args.resolution, num_examples=args.num_examples,
+      batch=args.batch, weights=args.weights, sample=args.sample,
+      stats_examples=args.stats_examples)
   print(f'{n} latents -> {args.out} (scale factor '
         f'{stats["latent_scale_factor"]:.5g})')
   return 0

@@ -286,9 +286,36 @@ class LatentCodec:
          if self.sample and key is not None else mean)
     return jax.lax.stop_gradient((z - self.shift) * self.scale)
 
+  def normalize(self, z):
+    """Raw latents (the encoder's posterior means, as `visgen.data.latents`
+    stores them) -> the normalised latents `encode` returns."""
+    return (jnp.asarray(z, jnp.float32) - self.shift) * self.scale
+
   def decode(self, frozen, z):
     z = z / self.scale + self.shift
     return jnp.clip(self.apply(self._p(frozen), z, method='decode'), -1, 1)
+
+
+def _check_latent_channels(config, name: str) -> None:
+  """The task's latent channels against the frozen autoencoder's
+  z_channels (its config.json), before a step fails on a shape."""
+  source = str(config.frozen[name].get('source', ''))
+  kind, _, path = source.partition(':')
+  model = config.frozen[name].get('model')
+  if not model and kind == 'workdir':
+    try:
+      with open(os.path.join(path, 'config.json')) as f:
+        model = json.load(f).get('model')
+    except (OSError, ValueError):
+      model = None
+  z = (model or {}).get('z_channels')
+  x_shape = tuple(config.task.get('x_shape', ()))
+  if z is not None and x_shape and int(x_shape[-1]) != int(z):
+    raise ValueError(
+        f'config.task.x_shape={x_shape} has {x_shape[-1]} latent channels '
+        f'but the frozen autoencoder {name!r} ({source}) encodes '
+        f'{z} (model.z_channels); set the last entry of x_shape (and the '
+        f"model's in_channels) to {z}, e.g. configs/shapes.py:z={z}.")
 
 
 def codec_from_config(config, frozen_apply) -> LatentCodec | None:
@@ -322,6 +349,7 @@ def codec_from_config(config, frozen_apply) -> LatentCodec | None:
     else:
       scale = 1.0 / np.asarray(stats['latent_std'])
       shift = np.asarray(stats['latent_mean'])
+  _check_latent_channels(config, name)
   unknown = sorted(set(spec) - {'image_shape', 'sample', 'final_std'})
   if unknown:
     raise ValueError(f'config.task.latent has unknown fields {unknown}.')

@@ -103,8 +103,11 @@ class GenerationTask:
   # -- Batch -> (x0, cond) --------------------------------------------------
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
-    if self.codec is not None:  # uint8 images -> normalised latents
-      x = self.codec.encode(frozen, batch[self.data_key], key)
+    if self.codec is not None:
+      if self.data_key == 'image':  # uint8 images -> normalised latents
+        x = self.codec.encode(frozen, batch[self.data_key], key)
+      else:  # pre-encoded latents (visgen.data.latents): normalised only
+        x = self.codec.normalize(batch[self.data_key])
       return x.reshape(x.shape[0], -1) if self.flatten else x
     return batch_to_x0(batch, data_key=self.data_key,
                        latent_scale=self.latent_scale, flatten=self.flatten)
@@ -112,7 +115,7 @@ class GenerationTask:
   def from_x(self, x: jax.Array) -> jax.Array:
     """Model space -> data space (x_shape; latents unscaled)."""
     x = x.reshape((x.shape[0],) + self.x_shape)
-    if self.data_key != 'image':
+    if self.data_key != 'image' and self.codec is None:
       x = x / self.latent_scale
     return x
 
@@ -131,7 +134,8 @@ class GenerationTask:
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     dtype = jnp.uint8 if self.data_key == 'image' else jnp.float32
-    shape = self.x_shape if self.codec is None else self.codec.image_shape
+    shape = (self.codec.image_shape if self.codec is not None
+             and self.data_key == 'image' else self.x_shape)
     spec = {self.data_key: jax.ShapeDtypeStruct((batch_size,) + shape,
                                                 dtype)}
     if self.num_classes:
