@@ -55,13 +55,14 @@ from visgen import config_lib
 
 RES = 32
 # Training steps of the run of record (30 minutes on 2 idle cores).
-LATENT_STEPS = 2800
+LATENT_STEPS = 6500
 PIXEL_STEPS = 4000
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
-                             ae_steps=800, z=4, cache=0, steps=0, batch=64, width=0,
+                             ae_steps=1600, ae_batch=16, z=4, cache=50000,
+                             steps=0, batch=0, width=0,
                              lr=1e-3, patch=2, blocks=1, mult='',
                              mid_attention=True, dtype='float32',
                              time_dist='logit_normal', prediction='x0',
@@ -78,7 +79,8 @@ def get_config(arg=None):
 
   # Scenes are rendered on the fly: reader threads keep rendering off the
   # training step's critical path.
-  c.data = dict(name='shapes', resolution=RES, batch_size=arg.batch,
+  batch = arg.batch or (32 if latent else 64)
+  c.data = dict(name='shapes', resolution=RES, batch_size=batch,
                 num_threads=2)
   c.task = dict(name='generation', num_classes=4, label_dropout=0.1,
                 x_shape=(RES, RES, 3))
@@ -101,7 +103,7 @@ def get_config(arg=None):
       c.stages = dict(autoencoder=dict(
           config='configs/autoencoder_shapes.py:' + (
               'runlocal' if arg.runlocal else
-              f'steps={arg.ae_steps},z={arg.z}')))
+              f'steps={arg.ae_steps},batch={arg.ae_batch},z={arg.z}')))
       source = 'stage:autoencoder'
     c.frozen = dict(autoencoder=dict(source=source))
     if arg.cache:
@@ -111,7 +113,7 @@ def get_config(arg=None):
       c.stages['latents'] = dict(encode=source, dataset='shapes',
                                  split='train', num_examples=arg.cache)
       c.data = dict(name='latents', path='stage:latents',
-                    batch_size=arg.batch, num_threads=2)
+                    batch_size=batch, num_threads=2)
       c.task.data_key = 'latent'
     c.task.x_shape = (RES // 4, RES // 4, arg.z)
     c.task.latent = dict(frozen='autoencoder', image_shape=(RES, RES, 3),
@@ -137,7 +139,7 @@ def get_config(arg=None):
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',
                              grad_clip=1.0)
   c.sampler = dict(name=arg.sampler,
-                   steps=arg.sampler_steps or (40 if latent else 12),
+                   steps=arg.sampler_steps or (60 if latent else 12),
                    cfg_scale=arg.cfg_scale, cfg_rescale=0.0,
                    cfg_interval=(0.0, 1.0), cfg_channels=0)
   c.num_grid_samples = 40

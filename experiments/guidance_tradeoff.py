@@ -89,7 +89,7 @@ DATASETS.register('digits')(Dataset(
 DATASETS.register('shapes')(Dataset(
     generator='configs/shapes.py',
     classifier='configs/shapes_noisy_classifier.py',
-    feature_net='shapes', reference='shapes:test', gen_steps=2800,
+    feature_net='shapes', reference='shapes:test', gen_steps=0,
     cls_steps=1000,
     metric_space=("shapes attribute net (visgen.evaluators.feature_nets "
                   "'shapes', 32x32 input), "
@@ -103,9 +103,10 @@ def generator_config(steps: int, *, runlocal: bool = False,
   c = config_loader.load(
       os.path.join(ROOT, DATASETS.get(dataset).generator)
       + (':runlocal' if runlocal else ''))
-  c.total_steps = steps
+  if steps:  # 0: the config's own (its run of record)
+    c.total_steps = steps
   c.eval = {}  # This experiment evaluates every row itself.
-  c.ckpt_every = max(steps // 3, 1)
+  c.ckpt_every = max(c.total_steps // 3, 1)
   if runlocal:
     c.num_grid_samples = 0  # Smoke runs skip the loop's own sample grid.
   return c
@@ -267,9 +268,10 @@ def main(argv=None):
                       help="'digits' (8x8, 10 classes) or 'shapes' (the "
                       'scene world at 32x32, 4 shape classes).')
   parser.add_argument('--generator_steps', type=int, default=None,
-                      help='Default: the dataset\'s (digits 3000, shapes '
-                      '2800: configs/shapes.py\'s run of record, so its '
-                      'workdir can be reused as WORKDIR/generator).')
+                      help='Default: the dataset\'s (digits 3000; shapes: '
+                      'configs/shapes.py\'s own total_steps, its run of '
+                      'record, so that workdir can be reused as '
+                      'WORKDIR/generator).')
   parser.add_argument('--classifier_steps', type=int, default=None,
                       help='Default: the dataset\'s (digits 2000, shapes '
                       '1000).')

@@ -320,3 +320,20 @@ def test_pre_encoding_cli_writes_the_encoder_means(trained_ae, tmp_path):
     meta = json.load(f)
   with open(os.path.join(workdir, ae_task.STATS_FILE)) as f:
     assert meta['latent_scale_factor'] == json.load(f)['latent_scale_factor']
+
+
+def test_latent_channels_must_match_the_frozen_autoencoder(tmp_path):
+  """A generator whose x_shape disagrees with the autoencoder's z_channels
+  fails at build time naming both numbers and the fix (not with a shape
+  error inside the first step)."""
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'model': {'name': 'autoencoder_kl', 'z_channels': 8}}, f)
+  c = config_lib.base_config()
+  c.frozen = mlc.ConfigDict(dict(autoencoder=dict(
+      source=f'workdir:{tmp_path}')))
+  c.task = mlc.ConfigDict(dict(name='generation', x_shape=(8, 8, 4)))
+  with pytest.raises(ValueError, match=r'4 latent channels .* encodes 8 '
+                     r'\(model\.z_channels\).*z=8'):
+    ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
+  c.task.x_shape = (8, 8, 8)
+  ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
