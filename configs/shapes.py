@@ -12,37 +12,48 @@ attribute net against the test split (shapes-FID, -precision, -recall and
 the class accuracy of the samples next to the net's accuracy on real test
 scenes, `class_accuracy_real`).
 
-The recipe: latent diffusion (LDM) in one command.
+The recipe: latent diffusion (LDM) in one command, three stages.
 * Stage 1 (visgen.stages): the scene autoencoder (configs/
   autoencoder_shapes.py, SD's AutoencoderKL family, f=4, 8x8x4 latents,
-  L1 + perceptual + KL, 800 steps) is trained first into
-  WORKDIR/stages/autoencoder; its time counts in this run's wall clock and
-  its reconstruction metrics are copied to metrics.json['stages'].
-* Stage 2: the frozen autoencoder encodes each batch on the fly; latents
-  normalised per channel (EDM2, std 0.5); an ADM U-Net on the 8x8x4
-  latents, width 64, channel_mult (1, 2), one res block per level,
-  attention 4x4 in the middle (2.81M parameters, 0.31 s per step at batch
-  64 on 2 idle cores); rectified flow with x0 prediction trained on the
-  velocity error (JiT, Li & He 2025), logit-normal times (SD3), AdamW lr
-  1e-3 cosine, EMA 0.999 with warm-up, LATENT_STEPS steps; Euler 40 steps,
-  classifier-free guidance scale 2.
-
-Why latent (probes at equal steps, experiments/shapes_probe.py, 500
-samples, so FIDs read ~3-5 higher than the loop's 1000-sample ones): after
-~930 steps the pixel-space patch-2 U-Net scores shapes-FID 170 (Euler 40)
-with blob samples, the same budget in latent space 39 (x0 prediction;
-velocity prediction 66); a width-96 latent U-Net (6.3M) 37 at 1031 steps
-but at twice the step time; a latent DiT (7.4M, 64 tokens) was 3x slower
-per step. CFG 1 / 2 / 3 on the width-96 probe: FID 49.6 / 36.7 / 42.3,
-class accuracy 0.39 / 0.51 / 0.60. Euler 40 against 12: FID 39 against 49.
+  L1 + perceptual + KL, batch 16 x 1600 steps) is trained first into
+  WORKDIR/stages/autoencoder.
+* Stage 2 (an encoding stage): the first 50,000 train scenes are encoded
+  once with its EMA weights (posterior means) into WORKDIR/stages/latents,
+  so the generator's step runs no encoder (`:cache=0` encodes on the fly).
+* The generator: latents normalised per channel (EDM2, std 0.5); an ADM
+  U-Net on the 8x8x4 latents, width 64, channel_mult (1, 2), one res block
+  per level, attention 4x4 in the middle (2.81M parameters, 0.12 s per step
+  at batch 32 on 2 idle cores); rectified flow with x0 prediction trained
+  on the velocity error (JiT, Li & He 2025), logit-normal times (SD3),
+  AdamW lr 1e-3 cosine, EMA 0.999 with warm-up, batch 32 x LATENT_STEPS;
+  Euler 60 steps, classifier-free guidance scale 2.
+Every stage counts in the run's wall clock; the stages' metrics are copied
+to metrics.json['stages'].
 
 Measured (run of record, idle machine, 2026-12-07, `python -m visgen.main
---config=configs/shapes.py`): 26 min 20 s wall clock (autoencoder stage
-596 s; generator 2800 steps at ~3.1 steps/s; final evaluation of 1000
-samples), shapes-FID 19.6 (floor 3.51; the issue's bound 14 NOT met),
-precision 0.765 (bound 0.7 met), recall 0.827, class accuracy 0.694 (real
-scenes 0.919; bound 0.735 NOT met). The autoencoder stage: PSNR 25.4 dB,
-reconstruction shapes-FID 9.45 (the floor of this latent space).
+--config=configs/shapes.py`): 22 min 48 s wall clock (autoencoder stage
+474 s: PSNR 26.8 dB, reconstruction shapes-FID 6.49; encoding 83 s;
+generator 6500 steps at ~9.4 steps/s; final evaluation of 1000 samples),
+shapes-FID 11.7 (floor 3.51, bound 4x = 14.0: met), precision 0.793
+(bound 0.7: met), recall 0.867, class accuracy 0.857 (real scenes 0.919;
+bound 0.8x = 0.735: met).
+
+What made it (experiments/shapes_probe.py, 500 samples): small batches.
+At equal training time (270 s, latent U-Net, constant lr) batch 16 / 32 /
+64 / 128 reached shapes-FID 28.8 / 27.0 / 47.8 / 89.5 (3211 / 1861 / 921 /
+461 steps): on 2 cores the images/s hardly grow with the batch, so steps
+are what the budget buys. The same for the autoencoder: batch 16 x 1600
+steps in less time than 32 x 800 takes reconstruction shapes-FID from 9.45
+to 6.49. Pre-encoding takes the encoder (24% of the step's FLOPs) out of
+the step. Not better: 8 latent channels (reconstruction 8.50, but the
+generator's FID 64.7 against ~48 at 931 steps), latent std 0.3 or 1.0
+instead of 0.5 (49.5 / 48.0 against 47.8).
+
+Why latent: after ~930 steps the pixel-space patch-2 U-Net scores
+shapes-FID 170 (Euler 40) with blob samples, the same budget in latent
+space ~40-48 (x0 prediction; velocity prediction 66); a width-96 latent
+U-Net (6.3M) was no better per second; a latent DiT (7.4M, 64 tokens) was
+3x slower per step.
 
 `latent=False` keeps the earlier pixel-space recipe (patch-2 U-Net, width
 32, channel_mult (1, 2, 2), 1.15M, 4000 steps, Euler 12 in its run of
@@ -54,7 +65,8 @@ class accuracy 0.311, blobs without geometry. ControlNet / InstructPix2Pix
 from visgen import config_lib
 
 RES = 32
-# Training steps of the run of record (30 minutes on 2 idle cores).
+# Training steps of the runs of record (latent: 22.8 min in all on 2 idle
+# cores; pixel: 30.7 min).
 LATENT_STEPS = 6500
 PIXEL_STEPS = 4000
 

@@ -86,12 +86,13 @@ def plot(curves: dict, path: str, *, floor: float | None) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  fig, ax = plt.subplots(figsize=(8.5, 7.0))
+  markers = 'osD^v'
   for i, (name, pts) in enumerate(curves.items()):
     xs = [p['train_s'] for p in pts]
     ys = [p['shapes_fid'] for p in pts]
-    ax.plot(xs, ys, 'o-', color=np.array(COLOURS[i % len(COLOURS)]) / 255,
-            label=name)
+    ax.plot(xs, ys, markers[(i // len(COLOURS)) % len(markers)] + '-',
+            color=np.array(COLOURS[i % len(COLOURS)]) / 255, label=name)
   if floor:
     ax.axhline(floor, color='0.6', ls=':', label=f'floor {floor:.2f}')
     ax.axhline(4 * floor, color='0.3', ls='--',
@@ -101,7 +102,9 @@ def plot(curves: dict, path: str, *, floor: float | None) -> None:
   ax.set_xlabel('training wall clock (s, 2 shared CPU cores)')
   ax.set_ylabel('shapes-FID')
   ax.set_title('32x32 shapes scenes, class-conditional')
-  ax.legend(fontsize=7, loc='lower left')
+  # Below the axes: the legend never hides a point.
+  ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.13),
+            ncol=1, frameon=False)
   ax.grid(True, which='both', alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
