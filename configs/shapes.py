@@ -163,7 +163,8 @@ def get_config(arg=None):
     c.total_steps = 4
     c.log_every = 2
     c.ckpt_every = 2
-    if latent and arg.cache:
+    if latent and arg.cache:  # 64 scenes pre-encoded
+      c.stages.latents.num_examples = min(arg.cache, 64)
       c.data.update(batch_size=8, num_threads=1)
     else:
       c.data = dict(name='shapes', resolution=8, num_examples=64,

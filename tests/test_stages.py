@@ -49,7 +49,7 @@ def test_resolve_rewrites_stage_sources_to_the_stage_workdir(tmp_path):
 
 @pytest.mark.parametrize('stages_, frozen, match', [
     ({}, dict(a=dict(source='stage:ae')), r"frozen\.a\.source='stage:ae' "
-     'names no stage'),
+     'names no training stage'),
     (dict(ae=dict(config='configs/autoencoder_shapes.py', steps=3)), {},
      r"config\.stages\.ae has unknown fields \['steps'\]"),
     (dict(ae=dict(config='configs/no_such.py')), {},
@@ -69,7 +69,7 @@ def test_cli_names_a_stage_source_without_a_stage(tmp_path, capsys):
       f'--workdir={tmp_path}'])
   assert code == 2
   err = capsys.readouterr().err
-  assert "names no stage" in err and 'Traceback' not in err
+  assert 'names no training stage' in err and 'Traceback' not in err
 
 
 def test_latent_shapes_trains_its_autoencoder_stage_once(tmp_path):
