@@ -38,7 +38,9 @@ Both tables also give the class accuracy of the real test images under the
 evaluator's classifier (beside the floor): the ceiling of the samples'.
 
 Writes WORKDIR/results.json ({"rows": [...], "floor": ..., ...}), class grids
-WORKDIR/grids/<guidance>_<scale>.png, and prints the Markdown table. Re-runs
+WORKDIR/grids/<guidance>_<scale>.png, WORKDIR/tradeoff.png (FID,
+precision, recall and class accuracy against the scale; `--plot_only`
+redraws it from results.json), and prints the Markdown table. Re-runs
 reuse both trained networks. `--sampler=ddpm` samples ancestrally, with
 classifier guidance in ADM's mean-shift form, and writes
 results_ddpm.json / grids_ddpm/ beside the default table.
@@ -170,6 +172,41 @@ def markdown(rows, floor, *, net: str = 'digits') -> str:
   return '\n'.join(lines)
 
 
+def plot(results: dict, path: str) -> str:
+  """FID, precision, recall and class accuracy against the guidance scale
+  (one line per guidance kind; the conditional model at scale 1 on both;
+  the real-against-real floor dotted), saved as a PNG at `path`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows, floor = results['rows'], results.get('floor', {})
+  none = [r for r in rows if r['guidance'] == 'none']
+  metrics = (('fid', 'FID'), ('precision', 'precision'),
+             ('recall', 'recall'), ('class_accuracy', 'class accuracy'))
+  fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+  for ax, (key, label) in zip(axes, metrics):
+    for kind, colour in (('cfg', 'tab:blue'), ('classifier', 'tab:red')):
+      pts = sorted([(r['scale'], r[key]) for r in rows
+                    if r['guidance'] == kind]
+                   + [(1.0, r[key]) for r in none if kind == 'classifier'])
+      if pts:
+        ax.plot(*zip(*pts), 'o-', color=colour,
+                label='classifier-free' if kind == 'cfg' else 'classifier')
+    if floor.get(key) is not None:
+      ax.axhline(floor[key], color='0.5', ls=':', label='real vs real')
+    ax.set_xlabel('guidance scale')
+    ax.set_title(label)
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{results.get('dataset', '')}: guidance trade-off "
+               f"({results.get('num_samples', '?')} samples per point)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
         cfg_scales, cls_scales, batch: int = 500, runlocal: bool = False,
         grids: bool = True, sampler: str | None = None,
@@ -257,6 +294,8 @@ def run(workdir: str, *, gen_steps: int, cls_steps: int, num_samples: int,
   with open(path, 'w') as f:
     json.dump(results, f, indent=2)
   print(markdown(rows, floor, net=net))
+  print('plot:', plot(results, os.path.join(workdir,
+                                            f'tradeoff{suffix}.png')))
   print(f"wall time: {results['wall_time_s']}")
   return results
 
@@ -289,8 +328,18 @@ def main(argv=None):
   parser.add_argument('--quick', action='store_true',
                       help="Smoke run: the configs' runlocal variants, few "
                       'steps and samples.')
+  parser.add_argument('--plot_only', action='store_true',
+                      help='Redraw WORKDIR/tradeoff.png from '
+                      'WORKDIR/results.json and print its table.')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)  # the loop's progress lines
+  if args.plot_only:
+    with open(os.path.join(args.workdir, 'results.json')) as f:
+      results = json.load(f)
+    net = DATASETS.get(results.get('dataset', args.dataset)).feature_net
+    print(markdown(results['rows'], results['floor'], net=net))
+    print('plot:', plot(results, os.path.join(args.workdir, 'tradeoff.png')))
+    return
   if args.quick:
     run(args.workdir, gen_steps=20, cls_steps=20, num_samples=40,
         cfg_scales=['0', '3'], cls_scales=['2'], batch=40, runlocal=True,
