@@ -15,16 +15,18 @@ floor ('reconstruction'), and the latent statistics that latent-diffusion
 configs read from this workdir ('latent_stats': SD's scale factor, EDM2's
 per-channel mean/std), all in metrics.json.
 
-Measured (800 steps, batch 32, 954,567 parameters, 2 CPU cores shared with
-other jobs at load average 5-25): 1127 s of training (1.3-1.4 steps/s once
-the load eased, about 10 min alone; 0.93 s/step in a bare step benchmark at
-load 6), evaluations 25 s; reconstruction PSNR 25.4 dB; shapes-FID of 1000
-reconstructed test scenes 9.75 against the real-against-real floor 3.51
-(precision 0.877 / floor 0.895, recall 0.870 / floor 0.926); latent scale
-factor 0.234 (per-channel means 1.34, -0.45, -2.62, -5.30, stds 3.73, 2.19,
-3.03, 4.52: with LDM's KL weight 1e-6 the latents are far from N(0, I), which
-the scale factor or EDM2's per-channel normalisation absorbs). Small objects
-lose their corners (see samples.png: input | reconstruction).
+Measured (the stage of configs/shapes.py's run of record, idle machine,
+2026-12-07): batch 16 x 1600 steps in 458 s of training (3.5-3.8 steps/s),
+evaluations 16 s; reconstruction PSNR 26.8 dB; shapes-FID of 1000
+reconstructed test scenes 6.49 against the real-against-real floor 3.51
+(precision 0.883 / floor 0.895, recall 0.904 / floor 0.926); latent scale
+factor 0.237. On 2 cores images/s hardly depend on the batch (54-57 at 16,
+32 or 64), so small batches buy steps: the earlier default, batch 32 x 800
+steps (596 s alone), reached only 25.4 dB and shapes-FID 9.45. With LDM's
+KL weight 1e-6 the latents are far from N(0, I) (per-channel means -5..1,
+stds 2-4.5), which the scale factor or EDM2's per-channel normalisation
+absorbs. Small objects still lose some corner sharpness (samples.png:
+input | reconstruction).
 
 Use it as a frozen encoder (see configs in README / visgen.tasks.autoencoder):
   c.frozen = dict(autoencoder=dict(source='workdir:' + AE))
@@ -35,7 +37,7 @@ from visgen import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=32,
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=1600, batch=16,
                              ch=32, lr=1e-3, disc=False, kl_weight=1e-6, z=4,
                              perceptual_weight=1.0)
   c = config_lib.base_config()
