@@ -40,6 +40,10 @@ def test_guidance_table_then_diffusion_classifier_share_a_workdir(tmp_path):
   # The evaluator's accuracy on the real test digits: the samples' ceiling.
   assert 0.9 <= res['floor']['class_accuracy'] <= 1.0
   assert res['generator']['step'] == 4 and res['classifier']['step'] == 4
+  # The curve it measures, as a picture: four panels against the scale.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = Image.open(os.path.join(d, 'tradeoff.png'))
+  assert img.size[0] > 3 * img.size[1]
 
   # The class-grid command on the same runs (deliverable: a sampling
   # command at a chosen guidance). The runlocal configs are the ones used.
@@ -91,8 +95,13 @@ def test_shapes_dataset_pairs_generator_classifier_and_scorer():
     cls = guidance_tradeoff.classifier_config(5, runlocal=runlocal,
                                               dataset='shapes', ae=ae)
     assert gen.total_steps == cls.total_steps == 5 and not dict(gen.eval)
-    assert gen.data.name == cls.data.name == 'shapes'
-    assert gen.data.resolution == cls.data.resolution
+    # The generator reads the scenes pre-encoded by its encoding stage, the
+    # classifier the scenes themselves, at the size the latents decode to.
+    assert gen.data.name == 'latents' and gen.data.path == 'stage:latents'
+    assert gen.stages.latents.dataset == cls.data.name == 'shapes'
+    assert gen.task.data_key == 'latent'
+    res = cls.data.resolution
+    assert tuple(gen.task.latent.image_shape) == (res, res, 3)
     # A noise-aware classifier must see x_t of the generator's own path.
     assert gen.path.to_dict() == cls.path.to_dict()
     assert tuple(gen.task.x_shape) == tuple(cls.task.x_shape)
@@ -100,8 +109,7 @@ def test_shapes_dataset_pairs_generator_classifier_and_scorer():
     assert cls.frozen.autoencoder.source == 'workdir:' + ae
     pixel = guidance_tradeoff.classifier_config(5, runlocal=runlocal,
                                                 dataset='shapes')
-    assert tuple(pixel.task.x_shape) == (
-        gen.data.resolution, gen.data.resolution, 3)
+    assert tuple(pixel.task.x_shape) == (res, res, 3)
     assert gen.task.num_classes == cls.task.num_classes == len(shapes.SHAPES)
     assert gen.task.label_dropout > 0.0  # the null class, for CFG
   # The reference images are compared at the size the samples decode to

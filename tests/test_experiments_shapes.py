@@ -56,7 +56,7 @@ def test_curve_steps_and_plot(tmp_path):
   path = tmp_path / 'curve.png'
   shapes_curve.plot(curves, str(path), floor=3.5)
   img = np.asarray(Image.open(path).convert('RGB'))
-  assert img.shape == (576, 900, 3)  # figsize (7.5, 4.8) at 120 dpi
+  assert img.shape == (840, 1020, 3)  # figsize (8.5, 7.0) at 120 dpi
   # Both curves' colours are drawn, a third is not.
   for col in shapes_curve.COLOURS[:2]:
     assert np.any(np.all(img == col, axis=-1))
