@@ -39,7 +39,7 @@ from visgen.tasks import image_cond
 from visgen.validate import UserError
 
 
-class BridgeTask(generation.GenerationTask):
+class BridgeTask(image_cond.HeldoutCond, generation.GenerationTask):
   """DDBM on (source, target) pairs (see the module docstring)."""
 
   # Its conditions come from data (held-out batches): `visgen.generate`
@@ -125,14 +125,6 @@ class BridgeTask(generation.GenerationTask):
     return loss, {'mse': aux['mse']}, self.update_state(task_state, aux)
 
   # -- Sampling -------------------------------------------------------------
-
-  def sample_cond(self, spec) -> dict[str, np.ndarray]:
-    n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
-    ex = image_cond.heldout_examples(self.config, n)
-    return jax.tree.map(np.asarray, self.eval_cond(ex))
-
-  def eval_cond(self, batch: dict) -> dict:
-    return self.cond(batch, None)
 
   def sample(self, params, frozen, cond: dict, key: jax.Array, *, n: int,
              guidance: Any = 1.0, sampler: dict | None = None,

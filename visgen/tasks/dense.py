@@ -132,7 +132,7 @@ def ensemble(target: str, samples) -> np.ndarray:
   return np.median(depth_value(s), axis=0)
 
 
-class DenseTask(generation.GenerationTask):
+class DenseTask(image_cond.HeldoutCond, generation.GenerationTask):
   """Image -> semantic / edge / depth map (see the module docstring)."""
 
   # Its conditions come from data (held-out batches): use --mode=sample.
@@ -247,14 +247,6 @@ class DenseTask(generation.GenerationTask):
     return per_example.mean(), {'pixel_loss': per_example}, task_state
 
   # -- Sampling -------------------------------------------------------------
-
-  def sample_cond(self, spec) -> dict[str, np.ndarray]:
-    n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
-    ex = image_cond.heldout_examples(self.config, n)
-    return jax.tree.map(np.asarray, self.eval_cond(ex))
-
-  def eval_cond(self, batch: dict) -> dict:
-    return self.cond(batch, None)
 
   def check_cond(self, cond: dict, n: int) -> jax.Array:
     want = (n, self.size, self.size, 3)

@@ -141,6 +141,21 @@ def heldout_examples(config, n: int, *, split: str = 'test') -> dict:
   return {k: np.stack([np.asarray(e[k]) for e in out]) for k in out[0]}
 
 
+class HeldoutCond:
+  """sample_cond / eval_cond of a task conditioned on images from its own
+  dataset (a bridge's sources, an edit's source and instruction, a dense
+  task's scenes): grids and evaluation use the first held-out examples,
+  through the task's own `cond(batch, None)` (no dropout)."""
+
+  def sample_cond(self, spec) -> dict[str, np.ndarray]:
+    n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
+    ex = heldout_examples(self.config, n)
+    return jax.tree.map(np.asarray, self.eval_cond(ex))
+
+  def eval_cond(self, batch: dict) -> dict:
+    return self.cond(batch, None)
+
+
 def run_sampler(task, denoise, cond: dict, key, *, n: int, y=None,
                 sampler: dict | None = None, return_info: bool = False):
   """Samples with the task's (or the given) sampler config; CFG keys of the

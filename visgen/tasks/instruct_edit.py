@@ -38,7 +38,7 @@ from visgen.tasks import image_cond
 from visgen.validate import UserError
 
 
-class InstructEditTask(generation.GenerationTask):
+class InstructEditTask(image_cond.HeldoutCond, generation.GenerationTask):
   """Instruction editing with two-scale guidance (module docstring)."""
 
   # Its conditions come from data (held-out batches): `visgen.generate`
@@ -127,14 +127,6 @@ class InstructEditTask(generation.GenerationTask):
                                                 jnp.int32)}
 
   # -- Sampling -------------------------------------------------------------
-
-  def sample_cond(self, spec) -> dict[str, np.ndarray]:
-    n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
-    ex = image_cond.heldout_examples(self.config, n)
-    return jax.tree.map(np.asarray, self.eval_cond(ex))
-
-  def eval_cond(self, batch: dict) -> dict:
-    return self.cond(batch, None)
 
   def null_image(self, cond):
     return dict(cond, concat=jnp.zeros_like(cond['concat']))
