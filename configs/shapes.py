@@ -109,27 +109,9 @@ def get_config(arg=None):
     # normalised per channel (EDM2); samples are decoded to 32x32 scenes.
     # Without `ae=WORKDIR` the autoencoder is trained first, as the stage
     # WORKDIR/stages/autoencoder of this run (visgen.stages).
-    if arg.ae:
-      source = 'workdir:' + arg.ae
-    else:
-      c.stages = dict(autoencoder=dict(
-          config='configs/autoencoder_shapes.py:' + (
-              'runlocal' if arg.runlocal else
-              f'steps={arg.ae_steps},batch={arg.ae_batch},z={arg.z}')))
-      source = 'stage:autoencoder'
-    c.frozen = dict(autoencoder=dict(source=source))
-    if arg.cache:
-      # Pre-encode the first `cache` train scenes once (an encoding stage,
-      # visgen.data.latents): the generator's step then runs no encoder.
-      c.stages = dict(c.get('stages') or {})
-      c.stages['latents'] = dict(encode=source, dataset='shapes',
-                                 split='train', num_examples=arg.cache)
-      c.data = dict(name='latents', path='stage:latents',
-                    batch_size=batch, num_threads=2)
-      c.task.data_key = 'latent'
-    c.task.x_shape = (RES // 4, RES // 4, arg.z)
-    c.task.latent = dict(frozen='autoencoder', image_shape=(RES, RES, 3),
-                         normalize='channel')
+    config_lib.scene_latents(c, ae=arg.ae, ae_steps=arg.ae_steps,
+                             ae_batch=arg.ae_batch, z=arg.z, cache=arg.cache,
+                             batch=batch, runlocal=arg.runlocal, res=RES)
     if arg.arch == 'dit':
       c.model = dict(name='dit', input_size=RES // 4, in_channels=arg.z,
                      patch=1, width=width, depth=arg.depth,
@@ -163,18 +145,12 @@ def get_config(arg=None):
     c.total_steps = 4
     c.log_every = 2
     c.ckpt_every = 2
-    if latent and arg.cache:  # 64 scenes pre-encoded
-      c.stages.latents.num_examples = min(arg.cache, 64)
-      c.data.update(batch_size=8, num_threads=1)
-    else:
-      c.data = dict(name='shapes', resolution=8, num_examples=64,
-                    batch_size=8)
-    if latent:  # the runlocal autoencoder: 8x8 -> 4x4x4
-      c.task.update(x_shape=(4, 4, arg.z), latent=dict(
-          frozen='autoencoder', image_shape=(8, 8, 3), normalize='channel'))
+    if latent:  # scene_latents: 64 scenes, the 8x8 -> 4x4x4 autoencoder
       c.model.update(input_size=4, model_channels=8, channel_mult=(1,),
                      mid_attention=False)
     else:
+      c.data = dict(name='shapes', resolution=8, num_examples=64,
+                    batch_size=8)
       c.task.x_shape = (8, 8, 3)
       c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
                      mid_attention=False)

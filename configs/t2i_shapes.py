@@ -46,6 +46,8 @@ the README).
 from visgen import config_lib
 
 RES = 32
+LATENT_STEPS = 6500
+PIXEL_STEPS = 3200
 # (colour, shape) pairs that never occur in training: test captions that
 # combine one of them measure compositional generalisation.
 HELDOUT = (('red', 'triangle'), ('blue', 'circle'), ('yellow', 'square'),
@@ -53,40 +55,59 @@ HELDOUT = (('red', 'triangle'), ('blue', 'circle'), ('yellow', 'square'),
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=3200, batch=64,
-                             width=32, lr=1e-3, text_width=64, text_depth=2,
-                             sampler_steps=12, cfg_scale=3.0)
+  arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
+                             ae_steps=1600, ae_batch=16, z=4, cache=50000,
+                             steps=0, batch=0, width=0, mult='', lr=1e-3,
+                             text_width=64, text_depth=2, sampler_steps=0,
+                             cfg_scale=3.0)
+  latent = arg.latent or bool(arg.ae)
   c = config_lib.base_config()
   c.seed = 0
-  c.total_steps = arg.steps
+  c.total_steps = arg.steps or (LATENT_STEPS if latent else PIXEL_STEPS)
   c.log_every = 100
   c.ckpt_every = 1000
   c.ema_decays = (0.999,)
   c.ema_warmup = True
 
   max_len = 24
-  c.data = dict(name='shapes', resolution=RES, batch_size=arg.batch,
+  batch = arg.batch or (32 if latent else 64)
+  c.data = dict(name='shapes', resolution=RES, batch_size=batch,
                 num_threads=2,
                 tokenizer=dict(name='scene_words', max_len=max_len,
                                keys=('caption',)),
                 heldout=HELDOUT)
   c.task = dict(name='text_to_image', x_shape=(RES, RES, 3),
                 caption_dropout=0.1, null='learned', negative_prompt='')
+  width = arg.width or (64 if latent else 32)
+  mult = tuple(int(m) for m in (arg.mult or ('12' if latent else '122')))
   c.model = dict(name='unet', input_size=RES, in_channels=3, patch=2,
-                 model_channels=arg.width, channel_mult=(1, 2, 2),
+                 model_channels=width, channel_mult=mult,
                  num_res_blocks=1, attention_resolutions=(8,),
                  mid_attention=True, num_heads=1, dropout=0.0,
                  pooled_dim=1,
                  text_encoder=dict(name='scene_text', width=arg.text_width,
                                    depth=arg.text_depth, heads=2,
                                    max_len=max_len))
+  if latent:
+    # configs/shapes.py's latent recipe; the encoding stage keeps each
+    # scene's caption beside its latent (tokenised on the host as before).
+    config_lib.scene_latents(c, ae=arg.ae, ae_steps=arg.ae_steps,
+                             ae_batch=arg.ae_batch, z=arg.z, cache=arg.cache,
+                             batch=batch, runlocal=arg.runlocal, res=RES,
+                             fields=('label', 'caption'))
+    if arg.cache and not arg.runlocal:
+      # The held-out (colour, shape) pairs are filtered out of the scenes
+      # before encoding (`heldout` of the shapes source).
+      c.stages['latents']['source_options'] = dict(heldout=HELDOUT)
+    c.model.update(input_size=c.task.x_shape[0], in_channels=arg.z, patch=1)
   c.path = dict(name='linear')
   c.prediction = 'x0'
   c.weighting = dict(name='uniform', space='velocity')
   c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name='euler', steps=arg.sampler_steps,
+  c.sampler = dict(name='euler',
+                   steps=arg.sampler_steps or (60 if latent else 12),
                    cfg_scale=arg.cfg_scale)
   c.num_grid_samples = 40
   c.sample_batch = 250
@@ -99,12 +120,18 @@ def get_config(arg=None):
     c.total_steps = 4
     c.log_every = 2
     c.ckpt_every = 2
-    c.data.update(resolution=8, num_examples=64, batch_size=8)
-    c.task.x_shape = (8, 8, 3)
-    c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
-                   attention_resolutions=(), mid_attention=True,
-                   text_encoder=dict(name='scene_text', width=16, depth=1,
-                                     heads=2, max_len=max_len))
+    text = dict(name='scene_text', width=16, depth=1, heads=2,
+                max_len=max_len)
+    if latent:
+      c.model.update(model_channels=8, channel_mult=(1,),
+                     attention_resolutions=(4,), mid_attention=False,
+                     text_encoder=text)
+    else:
+      c.data.update(resolution=8, num_examples=64, batch_size=8)
+      c.task.x_shape = (8, 8, 3)
+      c.model.update(input_size=8, model_channels=8, channel_mult=(1, 2),
+                     attention_resolutions=(), mid_attention=True,
+                     text_encoder=text)
     c.sampler.steps = 2
     c.num_grid_samples = 8
     c.eval = {}

@@ -121,3 +121,35 @@ def test_latent_pre_encoding_round_trip(tmp_path):
   assert item['label'] == src[250]['label']
   with pytest.raises(FileNotFoundError, match='encode_dataset'):
     latents.LatentSource(str(tmp_path / 'nothing'))
+
+
+def test_latents_keep_captions_and_name_their_origin(tmp_path):
+  from visgen.data import latents  # pylint: disable=g-import-not-at-top
+  from visgen.data import shapes  # pylint: disable=g-import-not-at-top
+  heldout = (('red', 'triangle'),)
+  src = shapes.ShapesSource(split='train', resolution=8, num_examples=40,
+                            heldout=heldout)
+
+  def encode(images):
+    return images.astype(np.float32)[:, ::2, ::2, :1] / 255.0
+
+  latents.encode_dataset(src, encode, out_dir=str(tmp_path), batch_size=16,
+                         fields=('label', 'caption'),
+                         meta=dict(dataset='shapes',
+                                   source_options=dict(heldout=heldout)))
+  lat = latents.LatentSource(str(tmp_path))
+  for i in (0, 17, 39):
+    assert str(lat[i]['caption']) == src[i]['caption']
+    assert lat[i]['label'] == src[i]['label']
+  # The captions are plain strings on disk (no pickles).
+  np.load(tmp_path / 'caption.npy', allow_pickle=False)
+  # A run on these latents knows they are scenes, and which pairs were
+  # held out (text-to-image's grids and prompt accuracy read them).
+  config = dict(data=dict(name='latents', path=str(tmp_path)))
+  dataset, options = latents.origin(config)
+  assert dataset == 'shapes'
+  assert [tuple(p) for p in options['heldout']] == list(heldout)
+  # An array field cannot be kept: named.
+  with pytest.raises(ValueError, match="'edges'"):
+    latents.encode_dataset(src, encode, out_dir=str(tmp_path / 'b'),
+                           fields=('edges',))

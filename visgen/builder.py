@@ -194,40 +194,41 @@ def get_source(cfg, split: str):
                          **pipeline.source_kwargs(cfg))
 
 
-def load_train_source(config):
-  """The training source, after checking every external input exists.
-
-  Latent-space configs (`config.autoencoder`) need both the dataset and the
-  autoencoder weight file; when either is missing the error names both, so
-  one message says everything there is to prepare.
-  """
-  ae = config.get('autoencoder')
-  if not ae:
-    return get_source(config.data, 'train')
+def check_inputs(config) -> None:
+  """The weight files of config.frozen exist; when one does not, one
+  FileNotFoundError names every missing input (the dataset's availability
+  too, e.g. ImageNet for a latent DiT), each with its hint
+  (`config.frozen.<name>.hint`), so one message says all there is to
+  prepare."""
+  from visgen import weights as weights_lib  # pylint: disable=g-import-not-at-top
   problems = []
-  ae_path = os.path.expanduser(ae.path)
-  if not os.path.exists(ae_path):
-    problems.append(f'autoencoder weight file not found: {ae_path} (set '
-                    f'--config.autoencoder.path; {ae.name} weights)')
+  for name, entry in (config.get('frozen') or {}).items():
+    source = (entry or {}).get('source')
+    if not isinstance(source, str) or source.startswith('stage:'):
+      continue
+    try:
+      kind, path = weights_lib.parse_source(source, what=name)
+    except ValueError:
+      continue  # build() reports a malformed source
+    missing = (not os.path.isdir(path) if kind == 'workdir' else
+               not os.path.isfile(path))
+    if missing:
+      problems.append(f'config.frozen.{name}: {path} not found'
+                      + (f' ({entry["hint"]})' if entry.get('hint') else ''))
+  if not problems:
+    return
   try:
-    source = get_source(config.data, 'train')
+    get_source(config.data, 'train')
   except Exception as e:  # pylint: disable=broad-except
     problems.append(f'dataset {config.data.name!r} unavailable: {e}')
-  if problems:
-    raise FileNotFoundError(
-        'This latent-space config needs (1) the dataset '
-        f'{config.data.name!r} prepared for TFDS and (2) the autoencoder '
-        f'weight file {ae_path}. Missing:\n  - ' + '\n  - '.join(problems))
-  if config.task.get('latent'):  # the frozen autoencoder encodes in-loop
-    return source
-  raise ValueError(
-      'config.autoencoder only checks the weight file; to encode images '
-      'inside the step, load it as a frozen component and name it in the '
-      "task: config.frozen.autoencoder = dict(source='workdir:DIR' or "
-      "'safetensors:FILE', ...) and config.task.latent = dict(frozen="
-      "'autoencoder', image_shape=(H, W, C)) (visgen.tasks.autoencoder); or "
-      'pre-encode the dataset with python -m visgen.data.latents and train '
-      f'on the latents ({len(source)} images found).')
+  raise FileNotFoundError(
+      'This config reads inputs that are not there; prepare them first. '
+      'Missing:\n  - ' + '\n  - '.join(problems))
+
+
+def load_train_source(config):
+  """The training source of config.data."""
+  return get_source(config.data, 'train')
 
 
 def heldout_batches(b: Built, split: str, *, batch: int, num: int):

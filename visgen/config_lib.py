@@ -307,3 +307,50 @@ def noisy_classifier(arg, *, data: dict, num_classes: int, x_shape: tuple,
     c.log_every = 1
     c.ckpt_every = 2
   return c
+
+
+def scene_latents(c: mlc.ConfigDict, *, ae: str = '', ae_steps: int = 1600,
+                  ae_batch: int = 16, z: int = 4, cache: int = 50000,
+                  batch: int, runlocal: bool = False, res: int = 32,
+                  fields: tuple[str, ...] = ('label',)) -> None:
+  """Latent diffusion on `shapes` scenes (configs/shapes.py's recipe).
+
+  Without `ae` the scene autoencoder (configs/autoencoder_shapes.py, f=4)
+  is trained first as the stage WORKDIR/stages/autoencoder; with
+  `ae=WORKDIR` that trained autoencoder is used. With `cache` > 0 the first
+  `cache` train scenes are pre-encoded once (an encoding stage keeping
+  `fields` beside the latents) and c.data reads them (c.data's tokenizer,
+  if any, is kept); with cache=0 every batch is encoded on the fly. Sets
+  c.stages, c.frozen.autoencoder, c.data, c.task.x_shape / latent /
+  data_key; the latents are normalised per channel (EDM2) and samples
+  decoded to res x res scenes.
+  """
+  if ae:
+    source = 'workdir:' + ae
+  else:
+    c.stages = dict(c.get('stages') or {}, autoencoder=dict(
+        config='configs/autoencoder_shapes.py:' + (
+            'runlocal' if runlocal else
+            f'steps={ae_steps},batch={ae_batch},z={z}')))
+    source = 'stage:autoencoder'
+  c.frozen = dict(c.get('frozen') or {}, autoencoder=dict(source=source))
+  side = 8 if runlocal else res
+  keep = {k: c.data[k] for k in ('tokenizer',) if k in c.data}
+  if cache:
+    c.stages = dict(c.get('stages') or {})
+    c.stages['latents'] = dict(encode=source, dataset='shapes',
+                               split='train',
+                               num_examples=min(cache, 64) if runlocal
+                               else cache, fields=tuple(fields))
+    c.data = dict(name='latents', path='stage:latents',
+                  batch_size=8 if runlocal else batch,
+                  num_threads=1 if runlocal else 2, **keep)
+    c.task.data_key = 'latent'
+  elif runlocal:
+    c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8,
+                  **keep)
+  # The runlocal autoencoder is f=2 (8x8 -> 4x4), the scene one f=4.
+  lat = 4 if runlocal else res // 4
+  c.task.x_shape = (lat, lat, z)
+  c.task.latent = dict(frozen='autoencoder', image_shape=(side, side, 3),
+                       normalize='channel')

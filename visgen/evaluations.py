@@ -193,6 +193,7 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
   `prompt_accuracy_cfg<scale>` (the guidance table). `parser` overrides
   the parser network's recipe (`scene_parser.Recipe` fields)."""
   # pylint: disable=g-import-not-at-top
+  from visgen.data import latents as latents_lib
   from visgen.data import shapes
   from visgen.evaluators import scene_parser
   # pylint: enable=g-import-not-at-top
@@ -202,12 +203,13 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
     raise ValueError(f'prompt_accuracy needs a text-to-image task; task '
                      f'{b.config.task.name!r} takes no prompts: remove '
                      'prompt_accuracy from config.eval.')
-  data = b.config.data
-  if data.name != 'shapes':
+  dataset, options = latents_lib.origin(b.config)
+  if dataset != 'shapes':
     raise ValueError('prompt_accuracy parses scene-world images: it needs '
-                     f"config.data.name='shapes', not {data.name!r}.")
-  res = int(b.config.task.x_shape[0])
-  heldout = shapes.heldout_pairs(data.get('heldout', ()))
+                     "config.data.name='shapes' (or latents of shapes), not "
+                     f'{dataset!r}.')
+  res = int(task.resolution)
+  heldout = shapes.heldout_pairs(options.get('heldout', ()))
   src = shapes.ShapesSource(split='test', resolution=res)
   seen, unseen = [], []
   for i in range(len(src)):

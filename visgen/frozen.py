@@ -45,7 +45,7 @@ from visgen import sharding
 from visgen import weights as weights_lib
 
 CONVERTERS = weights_lib.CONVERTERS
-FIELDS = ('model', 'source', 'weights', 'step', 'converter')
+FIELDS = ('model', 'source', 'weights', 'step', 'converter', 'hint')
 DTYPES = {'float32': jax.numpy.float32, 'bfloat16': jax.numpy.bfloat16}
 
 
@@ -78,16 +78,35 @@ def make_apply(graphdef: nnx.GraphDef) -> Callable[..., Any]:
   return apply
 
 
-def _model_config(name: str, entry: dict, kind: str, path: str) -> dict:
+def declared_model(entry: dict) -> dict | None:
+  """The model config of a frozen entry: its `model`, else the config.json
+  of a visgen run's workdir or of a converted checkpoint's directory
+  (`visgen.convert`: model.safetensors beside config.json); None if
+  neither says."""
   model = entry.get('model')
   if model:
     return dict(model)
-  if kind == 'workdir':
-    try:
-      with open(os.path.join(path, 'config.json')) as f:
-        return json.load(f)['model']
-    except (OSError, ValueError, KeyError):
-      pass
+  source = str(entry.get('source', ''))
+  try:
+    kind, path = weights_lib.parse_source(source, what='frozen')
+  except ValueError:
+    return None
+  where = path if kind == 'workdir' else os.path.dirname(path)
+  try:
+    with open(os.path.join(where, 'config.json')) as f:
+      return dict(json.load(f)['model'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def _model_config(name: str, entry: dict, kind: str, path: str) -> dict:
+  model = declared_model(entry)
+  if model:
+    return model
+  if kind != 'workdir' and not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'config.frozen.{name}: weight file {path} not found'
+        + (f'. {entry["hint"]}' if entry.get('hint') else '.'))
   raise ValueError(
       f'config.frozen.{name} needs a model config (model=dict(name=..., '
       '...), as config.model)'

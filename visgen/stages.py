@@ -28,9 +28,13 @@ step runs no encoder:
                           split='train', num_examples=50000)
   c.data = dict(name='latents', path='stage:latents', batch_size=64)
 
-It runs after the training stages, writes DIR/stages/<name> atomically
-(a killed encoding leaves no half-written latents) and is skipped when its
-meta.json records the same autoencoder, dataset, split and count. The data
+`fields` (default ('label',)) names the per-example fields kept beside the
+latents, e.g. ('label', 'caption') for text-to-image; `source_options`
+are further keyword arguments of the dataset's source (e.g. shapes'
+`heldout` pairs kept out of the train split). It runs after the
+training stages, writes DIR/stages/<name> atomically (a killed encoding
+leaves no half-written latents) and is skipped when its meta.json records
+the same autoencoder, dataset, split, count, fields and source options. The data
 path 'stage:<name>' is rewritten like a weight source.
 """
 
@@ -43,7 +47,7 @@ from absl import logging
 PREFIX = 'stage:'
 FIELDS = ('config', 'overrides')
 ENCODE_FIELDS = ('encode', 'dataset', 'split', 'num_examples', 'resolution',
-                 'batch')
+                 'batch', 'fields', 'source_options')
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 
 
@@ -186,7 +190,10 @@ def _encode_meta(spec: dict, autoencoder: str) -> dict:
   return dict(autoencoder=symbolic('workdir:' + os.path.abspath(autoencoder)),
               dataset=spec.get('dataset', 'shapes'),
               split=spec.get('split', 'train'),
-              num_examples=spec.get('num_examples'))
+              num_examples=spec.get('num_examples'),
+              fields=sorted(spec.get('fields', ('label',))),
+              source_options=json.loads(json.dumps(
+                  dict(spec.get('source_options') or {}))))
 
 
 def _encoded(sub: str, want: dict) -> bool:
@@ -196,7 +203,9 @@ def _encoded(sub: str, want: dict) -> bool:
       meta = json.load(f)
   except (OSError, ValueError):
     return False
-  return all(meta.get(k) == v for k, v in want.items()
+  have = dict(meta, fields=sorted(meta.get('fields', ['label'])),
+              source_options=meta.get('source_options', {}))
+  return all(have.get(k) == v for k, v in want.items()
              if not (k == 'num_examples' and v is None))
 
 
@@ -227,7 +236,8 @@ def run_encode(name: str, spec: dict, workdir: str) -> dict:
   n, _ = latents.encode_to_dir(
       ae, out=tmp, dataset=want['dataset'], split=want['split'],
       resolution=spec.get('resolution'), num_examples=spec.get(
-          'num_examples'), batch=int(spec.get('batch', 256)))
+          'num_examples'), batch=int(spec.get('batch', 256)),
+      fields=tuple(want['fields']), source_options=want['source_options'])
   elapsed = time.time() - start
   with open(os.path.join(tmp, 'meta.json')) as f:
     meta = json.load(f)

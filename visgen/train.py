@@ -64,6 +64,7 @@ def train_and_evaluate(config, workdir: str, *,
                jax.process_count(), jax.device_count(), dict(mesh.shape))
 
   # -- Model, frozen parts, task, optimizer (abstract) -------------------------
+  builder.check_inputs(config)
   b = builder.build(config, mesh)
   task = b.task
 

@@ -153,6 +153,93 @@ def write_safetensors(path: str, arrays: dict[str, Any]) -> None:
     f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
 
 
+_TORCH_STORAGES = {
+    'FloatStorage': np.float32, 'DoubleStorage': np.float64,
+    'HalfStorage': np.float16, 'BFloat16Storage': ml_dtypes.bfloat16,
+    'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16,
+    'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
+}
+
+
+def read_torch_pt(path: str, *, what: str = 'checkpoint') -> Any:
+  """The object of a PyTorch zip checkpoint (`torch.save`, torch >= 1.6),
+  its tensors as numpy arrays, read without torch.
+
+  Only plain containers (dict / OrderedDict / list / tuple), numbers,
+  strings, tensors and argparse.Namespace (kept as a dict) are rebuilt: any
+  other pickled class is refused (an UnpicklingError naming it), so a
+  checkpoint cannot run code here, unlike torch.load(weights_only=False).
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+
+  _require_file(path, what)
+  try:
+    archive = zipfile.ZipFile(path)
+  except zipfile.BadZipFile as e:
+    raise ValueError(
+        f'{what} {path} is not a PyTorch zip checkpoint ({e}); re-save it '
+        'with torch.save (torch >= 1.6) or convert it to .safetensors.'
+        ) from e
+  pkl = [n for n in archive.namelist() if n.endswith('data.pkl')]
+  if len(pkl) != 1:
+    raise ValueError(f'{what} {path}: expected one data.pkl in the archive, '
+                     f'found {pkl or "none"}.')
+  prefix = pkl[0][:-len('data.pkl')]
+  storages: dict[str, np.ndarray] = {}
+
+  def rebuild_tensor(storage, offset, size, stride, *unused):
+    del unused
+    if not size:
+      return storage[offset].copy()
+    item = storage.itemsize
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size),
+        strides=tuple(st * item for st in stride)).copy()
+
+  def rebuild_parameter(data, *unused):
+    del unused
+    return data
+
+  class Namespace(dict):
+
+    def __setstate__(self, state):
+      self.update(state)
+
+  allowed = {
+      ('collections', 'OrderedDict'): collections.OrderedDict,
+      ('torch._utils', '_rebuild_tensor_v2'): rebuild_tensor,
+      ('torch._utils', '_rebuild_parameter'): rebuild_parameter,
+      ('argparse', 'Namespace'): Namespace,
+  }
+
+  class Unpickler(pickle.Unpickler):
+
+    def find_class(self, module, name):
+      if module == 'torch' and name in _TORCH_STORAGES:
+        return _TORCH_STORAGES[name]
+      if (module, name) in allowed:
+        return allowed[(module, name)]
+      raise pickle.UnpicklingError(
+          f'{what} {path} pickles {module}.{name}, which is not read here '
+          '(only tensors and plain containers are); load it with torch and '
+          'save its state dict with safetensors instead.')
+
+    def persistent_load(self, pid):
+      kind, dtype, key, _, numel = pid[:5]
+      if kind != 'storage':
+        raise pickle.UnpicklingError(f'{what} {path}: unknown persistent '
+                                     f'id {kind!r}.')
+      if key not in storages:
+        raw = archive.read(f'{prefix}data/{key}')
+        storages[key] = np.frombuffer(raw, dtype=dtype, count=int(numel))
+      return storages[key]
+
+  with archive.open(pkl[0]) as f:
+    return Unpickler(f).load()
+
+
 def read_file(kind: str, path: str, *, what: str) -> dict[str, np.ndarray]:
   """{key: array} of an .npz or .safetensors file."""
   _require_file(path, what)

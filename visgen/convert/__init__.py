@@ -1,6 +1,8 @@
 r"""Importers of published checkpoints into visgen weight files.
 
   python -m visgen.convert --from=diffusers --src=DIR --out=DIR [--verify]
+  python -m visgen.convert --from=transformers --src=DIR --out=DIR [--verify]
+  python -m visgen.convert --from=dit --src=DiT-XL-2-256x256.pt --out=DIR
 
 `--from` names an importer module in `IMPORTERS` (imported on use, so a
 listed format costs nothing until asked for). Each importer provides
@@ -9,7 +11,8 @@ visgen parameter paths, OUT/config.json with the visgen model config, and
 whatever else the format carries, e.g. latent statistics) and
 `verify(src, out) -> float` (the maximum relative error between the
 reference implementation and the port on the same random input; needs the
-optional torch extra). A converted directory is used as a frozen component
+optional torch extra and the reference library). `expected_params`,
+`write_converted` and `load_converted` are the importers' shared steps. A converted directory is used as a frozen component
 or a warm start through `frozen_entry(out)`:
 
   c.frozen.autoencoder = visgen.convert.frozen_entry(OUT)
@@ -23,7 +26,12 @@ import json
 import os
 
 IMPORTERS = {
-    'diffusers': 'visgen.convert.diffusers',  # AutoencoderKL
+    # AutoencoderKL, DiTTransformer2DModel directories
+    'diffusers': 'visgen.convert.diffusers',
+    # BertModel (MiniLM), CLIPTextModel directories
+    'transformers': 'visgen.convert.transformers',
+    # facebookresearch/DiT .pt state dicts
+    'dit': 'visgen.convert.dit',
 }
 
 MODEL_FILE = 'model.safetensors'
@@ -42,3 +50,46 @@ def frozen_entry(out_dir: str) -> dict:
         'visgen.convert --from=... --src=... --out=DIR first.') from e
   return dict(source='safetensors:' + os.path.join(out_dir, MODEL_FILE),
               model=model)
+
+
+def expected_params(model_cfg: dict) -> dict:
+  """{parameter path: ShapeDtypeStruct} of the port `model_cfg` builds."""
+  from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
+  from visgen import param_tree  # pylint: disable=g-import-not-at-top
+
+  _, abstract = frozen_lib.abstract_model('converted', model_cfg)
+  return param_tree.flatten(abstract)
+
+
+def write_converted(out: str, flat: dict, model_cfg: dict, *, src: str,
+                    fmt: str) -> dict:
+  """Writes OUT/model.safetensors + OUT/config.json; the summary dict."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from visgen import weights as weights_lib  # pylint: disable=g-import-not-at-top
+
+  out = os.path.expanduser(out)
+  os.makedirs(out, exist_ok=True)
+  weights_lib.write_safetensors(os.path.join(out, MODEL_FILE), flat)
+  with open(os.path.join(out, 'config.json'), 'w') as f:
+    json.dump(dict(model=model_cfg, converted_from=os.path.abspath(src),
+                   format=fmt), f, indent=1)
+  return dict(out=out, model=model_cfg,
+              num_params=int(sum(np.prod(v.shape) for v in flat.values())))
+
+
+def load_converted(out: str):
+  """(the port as an nnx module with the converted weights, model config)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
+  from visgen import param_tree  # pylint: disable=g-import-not-at-top
+  from visgen import weights as weights_lib  # pylint: disable=g-import-not-at-top
+
+  entry = frozen_entry(out)
+  graphdef, abstract = frozen_lib.abstract_model('converted', entry['model'])
+  flat = weights_lib.read_safetensors(entry['source'].split(':', 1)[1])
+  params = param_tree.rebuild(abstract, {k: jax.numpy.asarray(v)
+                                         for k, v in flat.items()})
+  return nnx.merge(graphdef, params), entry['model']

@@ -18,6 +18,14 @@ def main(argv=None) -> int:
   parser.add_argument('--input_size', type=int, default=None,
                       help="images' side the port expects (default: the "
                       "reference config's sample_size)")
+  parser.add_argument('--heads', type=int, default=None,
+                      help='attention heads of a --from=dit model whose '
+                      'width is not one of the paper\'s (not stored in the '
+                      'file)')
+  parser.add_argument('--reference', default=None,
+                      help='--from=dit --verify: a clone of '
+                      'facebookresearch/DiT (its models.py is the reference; '
+                      'default $DIT_REPO)')
   parser.add_argument('--verify', action='store_true',
                       help='run the reference model and the port on the '
                       'same random input (needs torch + the reference '
@@ -25,7 +33,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   mod = importlib.import_module(IMPORTERS[args.fmt])
   try:
-    summary = mod.convert_dir(args.src, args.out, input_size=args.input_size)
+    summary = mod.convert_dir(args.src, args.out, input_size=args.input_size,
+                              heads=args.heads)
   except (FileNotFoundError, ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -33,7 +42,7 @@ def main(argv=None) -> int:
         f'-> {summary["out"]}')
   if args.verify:
     try:
-      err = mod.verify(args.src, args.out)
+      err = mod.verify(args.src, args.out, reference=args.reference)
     except ImportError as e:
       print(f'error: --verify needs the reference implementation: {e}',
             file=sys.stderr)

@@ -1,4 +1,5 @@
-"""diffusers `AutoencoderKL` directories -> visgen `autoencoder_kl`.
+"""diffusers `AutoencoderKL` directories -> visgen `autoencoder_kl`
+(`DiTTransformer2DModel` directories -> `dit`: `visgen.convert.dit`).
 
 A diffusers model directory holds `config.json` (the constructor arguments)
 and `diffusion_pytorch_model.safetensors` (the PyTorch state dict), read
@@ -134,21 +135,21 @@ def _read(src: str) -> tuple[dict, dict[str, np.ndarray]]:
   return cfg, weights_lib.read_safetensors(w)
 
 
-def _abstract(model_cfg: dict):
-  from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
-  from visgen import param_tree  # pylint: disable=g-import-not-at-top
-
-  graphdef, abstract = frozen_lib.abstract_model('converted', model_cfg)
-  return graphdef, abstract, param_tree.flatten(abstract)
-
-
-def convert_dir(src: str, out: str, *, input_size: int | None = None
-                ) -> dict:
-  """Converts a diffusers AutoencoderKL directory into OUT (see
-  `visgen.convert`); every parameter is checked against the port's tree."""
+def convert_dir(src: str, out: str, *, input_size: int | None = None,
+                **unused) -> dict:
+  """Converts a diffusers AutoencoderKL or DiTTransformer2DModel directory
+  into OUT (see `visgen.convert`); every parameter is checked against the
+  port's tree."""
+  del unused
   cfg, arrays = _read(src)
+  if cfg.get('_class_name') == 'DiTTransformer2DModel':
+    from visgen.convert import dit  # pylint: disable=g-import-not-at-top
+    return dit.write(dit.convert_diffusers(arrays),
+                     dit.diffusers_config(cfg, input_size=input_size),
+                     f'{src}/{WEIGHTS_FILE}', out,
+                     fmt='diffusers DiTTransformer2DModel')
   model_cfg = model_config(cfg, input_size=input_size)
-  _, _, expected = _abstract(model_cfg)
+  expected = convert.expected_params(model_cfg)
   flat = convert_autoencoder_kl(arrays, expected)
   weights_lib.check_shapes({k: v.shape for k, v in flat.items()}, expected,
                            origin=f'{src}/{WEIGHTS_FILE}',
@@ -156,18 +157,13 @@ def convert_dir(src: str, out: str, *, input_size: int | None = None
   extra = sorted(set(flat) - set(expected))
   if extra:
     raise KeyError(f'{src}: parameters the port does not have: {extra[:8]}.')
-  out = os.path.expanduser(out)
-  os.makedirs(out, exist_ok=True)
-  weights_lib.write_safetensors(os.path.join(out, convert.MODEL_FILE),
-                                {k: flat[k] for k in expected})
-  with open(os.path.join(out, 'config.json'), 'w') as f:
-    json.dump(dict(model=model_cfg, converted_from=os.path.abspath(src),
-                   format='diffusers AutoencoderKL'), f, indent=1)
+  summary = convert.write_converted(out, {k: flat[k] for k in expected},
+                                    model_cfg, src=src,
+                                    fmt='diffusers AutoencoderKL')
   from visgen.tasks import autoencoder as ae_task  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(out, ae_task.STATS_FILE), 'w') as f:
+  with open(os.path.join(summary['out'], ae_task.STATS_FILE), 'w') as f:
     json.dump(latent_stats(cfg), f, indent=1)
-  return dict(out=out, model=model_cfg,
-              num_params=int(sum(np.prod(v.shape) for v in flat.values())))
+  return summary
 
 
 REFERENCE_HINT = ('pip install torch diffusers (CPU wheels: pip install torch '
@@ -175,27 +171,24 @@ REFERENCE_HINT = ('pip install torch diffusers (CPU wheels: pip install torch '
                   'are optional, only --verify and its tests use them')
 
 
-def verify(src: str, out: str, *, batch: int = 2, seed: int = 0) -> float:
-  """Max relative error of the port against diffusers on random images:
-  max |port - ref| / max |ref| over the posterior mean, logvar and the
-  decoded mean."""
+def verify(src: str, out: str, *, batch: int = 2, seed: int = 0,
+           **unused) -> float:
+  """Max relative error of the port against diffusers on the same random
+  input: max |port - ref| / max |ref| over the posterior mean, logvar and
+  the decoded mean (AutoencoderKL), or the output (DiT)."""
+  del unused
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import diffusers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'{e}. {REFERENCE_HINT}.') from e
+  cfg, _ = _read(src)
+  if cfg.get('_class_name') == 'DiTTransformer2DModel':
+    return _verify_dit(src, out)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from visgen import param_tree  # pylint: disable=g-import-not-at-top
-
-  entry = convert.frozen_entry(out)
-  graphdef, abstract, _ = _abstract(entry['model'])
-  flat = weights_lib.read_safetensors(entry['source'].split(':', 1)[1])
-  params = param_tree.rebuild(abstract, {k: jax.numpy.asarray(v)
-                                         for k, v in flat.items()})
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(graphdef, params)
-  s, c = entry['model']['input_size'], entry['model']['in_channels']
+  model, model_cfg = convert.load_converted(out)
+  s, c = model_cfg['input_size'], model_cfg['in_channels']
   x = np.random.default_rng(seed).uniform(-1, 1, (batch, s, s, c)).astype(
       np.float32)
   ref = diffusers.AutoencoderKL.from_pretrained(src).float().eval()
@@ -208,3 +201,23 @@ def verify(src: str, out: str, *, batch: int = 2, seed: int = 0) -> float:
   got = (mean, logvar, model.decode(mean))
   return max(float(np.max(np.abs(np.asarray(g) - w)) / np.max(np.abs(w)))
              for g, w in zip(got, want))
+
+
+def _verify_dit(src: str, out: str) -> float:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import diffusers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'{e}. {REFERENCE_HINT}.') from e
+  from visgen.convert import dit  # pylint: disable=g-import-not-at-top
+
+  model, model_cfg = convert.load_converted(out)
+  ref = diffusers.DiTTransformer2DModel.from_pretrained(src).float().eval()
+
+  def ref_fn(x, t, y):
+    with torch.no_grad():
+      return ref(torch.from_numpy(x), timestep=torch.from_numpy(t),
+                 class_labels=torch.from_numpy(np.asarray(y)).long()
+                 ).sample.numpy()
+
+  return dit.compare(model, ref_fn, model_cfg=model_cfg)

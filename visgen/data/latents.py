@@ -17,7 +17,10 @@ latent_stats.json, and copied into meta.json. (Encoding inside the train
 step instead: `config.frozen` + `config.task.latent`, visgen.tasks.autoencoder.)
 
 Format in `out_dir`: 'latents.npy' (N, h, w, c) float16 (read with mmap),
-'labels.npy' int32 (N,) when the source has labels, 'meta.json'.
+'labels.npy' int32 (N,) when the source has labels, one '<field>.npy' per
+further per-example field kept (`fields`, e.g. 'caption' for text-to-image:
+scalars or strings, stored as plain arrays), 'meta.json' (its 'fields'
+lists what was kept).
 """
 
 import json
@@ -26,8 +29,13 @@ import os
 import numpy as np
 
 
+def _field_file(name: str) -> str:
+  return 'labels.npy' if name == 'label' else f'{name}.npy'
+
+
 def encode_dataset(source, encode_fn, *, out_dir: str,
-                   batch_size: int = 256, meta: dict | None = None) -> int:
+                   batch_size: int = 256, meta: dict | None = None,
+                   fields: tuple[str, ...] = ('label',)) -> int:
   """Encodes every example of `source` in order; returns the count.
 
   Args:
@@ -36,10 +44,13 @@ def encode_dataset(source, encode_fn, *, out_dir: str,
     out_dir: output directory (created).
     batch_size: encoder batch size (the last batch may be smaller).
     meta: extra metadata stored in meta.json (e.g. autoencoder name, scale).
+    fields: per-example fields kept beside the latents when the source has
+      them (scalars or strings, e.g. 'label', 'caption').
   """
   os.makedirs(out_dir, exist_ok=True)
   n = len(source)
-  latents = labels = None
+  latents = None
+  kept: dict[str, list] = {}
   for start in range(0, n, batch_size):
     items = [source[i] for i in range(start, min(n, start + batch_size))]
     z = np.asarray(encode_fn(np.stack([it['image'] for it in items])))
@@ -47,25 +58,35 @@ def encode_dataset(source, encode_fn, *, out_dir: str,
       latents = np.lib.format.open_memmap(
           os.path.join(out_dir, 'latents.npy'), mode='w+',
           dtype=np.float16, shape=(n,) + z.shape[1:])
-      if 'label' in items[0]:
-        labels = np.zeros((n,), np.int32)
+      for name in fields:
+        if name in items[0]:
+          if np.ndim(items[0][name]):
+            raise ValueError(
+                f'encode_dataset keeps scalar or string fields; {name!r} '
+                f'has shape {np.shape(items[0][name])}. Drop it from '
+                '`fields`.')
+          kept[name] = []
     latents[start:start + len(items)] = z
-    if labels is not None:
-      labels[start:start + len(items)] = [it['label'] for it in items]
+    for name, values in kept.items():
+      values.extend(it[name] for it in items)
   latents.flush()
-  if labels is not None:
-    np.save(os.path.join(out_dir, 'labels.npy'), labels)
+  for name, values in kept.items():
+    arr = np.asarray(values)
+    if name == 'label':
+      arr = arr.astype(np.int32)
+    np.save(os.path.join(out_dir, _field_file(name)), arr)
   with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
     json.dump(dict(num_examples=n, latent_shape=list(latents.shape[1:]),
-                   **(meta or {})), f)
+                   fields=sorted(kept), **(meta or {})), f)
   return n
 
 
 class LatentSource:
   """Random-access reader of `encode_dataset` output.
 
-  Items: 'latent' float32 (h, w, c) and 'label' int32 when stored. (Latent
-  sources carry no 'image'; decode with the autoencoder for previews.)
+  Items: 'latent' float32 (h, w, c), 'label' int32 and the other kept
+  fields (e.g. 'caption') when stored. (Latent sources carry no 'image';
+  decode with the autoencoder for previews.)
   """
 
   def __init__(self, path: str, split: str | None = None):
@@ -78,16 +99,22 @@ class LatentSource:
           f'No pre-encoded latents in {path!r}: run encode_dataset (see the '
           'visgen.data.latents module docstring) first.')
     self.latents = np.load(os.path.join(path, 'latents.npy'), mmap_mode='r')
-    label_path = os.path.join(path, 'labels.npy')
-    self.labels = np.load(label_path) if os.path.exists(label_path) else None
+    with open(os.path.join(path, 'meta.json')) as f:
+      names = json.load(f).get('fields', ['label'])
+    self.fields = {}
+    for name in names:
+      file = os.path.join(path, _field_file(name))
+      if os.path.exists(file):
+        self.fields[name] = np.load(file)
+    self.labels = self.fields.get('label')
 
   def __len__(self) -> int:
     return self.latents.shape[0]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     out = dict(latent=np.asarray(self.latents[int(index)], np.float32))
-    if self.labels is not None:
-      out['label'] = self.labels[int(index)]
+    for name, values in self.fields.items():
+      out[name] = values[int(index)]
     return out
 
 
@@ -143,12 +170,16 @@ def encode_to_dir(workdir: str, *, out: str, dataset: str = 'shapes',
                   split: str = 'train', resolution: int | None = None,
                   num_examples: int | None = None, batch: int = 256,
                   weights: str = 'ema', sample: bool = False,
-                  stats_examples: int = 1000) -> tuple[int, dict]:
+                  stats_examples: int = 1000,
+                  fields: tuple[str, ...] = ('label',),
+                  source_options: dict | None = None) -> tuple[int, dict]:
   """Encodes `dataset`/`split` (its first `num_examples`) with the trained
   autoencoder of `workdir` into `out`; (count, latent statistics).
 
   The statistics come from the workdir, or are computed on the first
   `stats_examples` examples and written there (latent_stats.json).
+  `fields` are kept beside the latents (`encode_dataset`); `source_options`
+  are further keyword arguments of the source (e.g. shapes' `heldout`).
   """
   from visgen import data  # pylint: disable=g-import-not-at-top
   from visgen.evaluators import datasets  # pylint: disable=g-import-not-at-top
@@ -158,7 +189,8 @@ def encode_to_dir(workdir: str, *, out: str, dataset: str = 'shapes',
                                              sample=sample)
   size = resolution or int(model_cfg.get('input_size', 32))
   source = data.get_source(dataset, split=split,
-                           **datasets._size_kwargs(dataset, size))  # pylint: disable=protected-access
+                           **datasets._size_kwargs(dataset, size),  # pylint: disable=protected-access
+                           **(source_options or {}))
   if num_examples:
     source = _Prefix(source, num_examples)
   try:
@@ -174,6 +206,7 @@ def encode_to_dir(workdir: str, *, out: str, dataset: str = 'shapes',
     print(f'latent statistics of {n} examples -> '
           f'{os.path.join(workdir, ae_task.STATS_FILE)}')
   n = encode_dataset(source, encode_fn, out_dir=out, batch_size=batch,
+                     fields=tuple(fields),
                      meta=dict(autoencoder=workdir, dataset=dataset,
                                split=split, sample=sample, **stats))
   return n, stats
@@ -197,6 +230,9 @@ def main(argv=None) -> int:
   parser.add_argument('--stats_examples', type=int, default=1000,
                       help='examples for latent statistics when the '
                       'workdir has none')
+  parser.add_argument('--fields', default='label',
+                      help='comma-separated per-example fields kept beside '
+                      "the latents (e.g. 'label,caption')")
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
   workdir = os.path.expanduser(args.autoencoder)
@@ -209,7 +245,8 @@ def main(argv=None) -> int:
       workdir, out=args.out, dataset=args.dataset, split=args.split,
       resolution=args.resolution, num_examples=args.num_examples,
       batch=args.batch, weights=args.weights, sample=args.sample,
-      stats_examples=args.stats_examples)
+      stats_examples=args.stats_examples,
+      fields=tuple(f for f in args.fields.split(',') if f))
   print(f'{n} latents -> {args.out} (scale factor '
         f'{stats["latent_scale_factor"]:.5g})')
   return 0
@@ -217,3 +254,29 @@ def main(argv=None) -> int:
 
 if __name__ == '__main__':
   raise SystemExit(main())
+
+
+def origin(config) -> tuple[str | None, dict]:
+  """(dataset name, its source options) a run's data comes from.
+
+  For pre-encoded latents (`config.data.name == 'latents'`) that is the
+  encoded dataset: the encoding stage's spec while `data.path` is still a
+  'stage:<name>' source, else the latents' meta.json; for any other data
+  source, its own name and config.
+  """
+  data = dict(config.get('data') or {})
+  if data.get('name') != 'latents':
+    return data.get('name'), data
+  path = data.get('path')
+  if isinstance(path, str) and path.startswith('stage:'):
+    spec = dict((config.get('stages') or {}).get(path[len('stage:'):]) or {})
+    return spec.get('dataset', 'shapes'), dict(
+        spec.get('source_options') or {})
+  for where in (os.path.join(str(path), 'train'), str(path)):
+    try:
+      with open(os.path.join(where, 'meta.json')) as f:
+        meta = json.load(f)
+    except OSError:
+      continue
+    return meta.get('dataset'), dict(meta.get('source_options') or {})
+  return None, {}

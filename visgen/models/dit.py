@@ -11,6 +11,11 @@ bf16 with float32 accumulation while LayerNorm, softmax and the residual
 stream stay float32. `attn_fp32=True` keeps the attention matmuls in float32
 too (the guard against bf16 attention overflow).
 
+Imported checkpoints (`visgen.convert`): facebookresearch/DiT weights run
+with the defaults; diffusers' DiTTransformer2DModel port differs in two
+constants, reproduced by `t_freq_shift=1` (its timestep frequencies
+10000^(-i/(half-1))) and `mlp_norm_eps=1e-5` (its feed-forward LayerNorm).
+
 Image conditioning and adapters (off by default; the network is then
 unchanged bit for bit): `concat_channels=k` patch-embeds `cond['concat']`
 (B, H, W, k) with its own zero-initialised linear added to the token
@@ -100,8 +105,10 @@ class DiTBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs,
                mlp_ratio: float = 4.0, dtype: Any = jnp.float32,
-               attn_fp32: bool = False, attn_impl: str = 'xla'):
+               attn_fp32: bool = False, attn_impl: str = 'xla',
+               mlp_norm_eps: float = 1e-6):
     hidden = int(width * mlp_ratio)
+    self.mlp_norm_eps = mlp_norm_eps
     self.attn = attention.SelfAttention(
         width, heads, rngs=rngs, dtype=dtype, attn_fp32=attn_fp32,
         impl=attn_impl)
@@ -120,7 +127,8 @@ class DiTBlock(nnx.Module):
     h = modulate(layers.layer_norm(x), shift_a, scale_a)
     a, probs = self.attn(h, return_attn=return_attn)
     x = x + gate_a[:, None, :] * a
-    h = modulate(layers.layer_norm(x), shift_m, scale_m)
+    h = modulate(layers.layer_norm(x, eps=self.mlp_norm_eps), shift_m,
+                 scale_m)
     h = self.fc2(jax.nn.gelu(self.fc1(h), approximate=True))
     x = x + gate_m[:, None, :] * h
     return x, probs
@@ -136,7 +144,8 @@ class DiT(nnx.Module):
                num_classes: int = 0, learn_sigma: bool = False,
                t_scale: float = 1000.0, dtype: Any = jnp.float32,
                attn_fp32: bool = False, attn_impl: str = 'xla',
-               remat: bool = False, concat_channels: int = 0):
+               remat: bool = False, concat_channels: int = 0,
+               t_freq_shift: float = 0.0, mlp_norm_eps: float = 1e-6):
     if variant is not None:
       if variant not in VARIANTS:
         raise ValueError(f'Unknown DiT variant {variant!r}. Valid choices: '
@@ -166,12 +175,14 @@ class DiT(nnx.Module):
                      axes=('conv_in', 'embed'), kernel_init=layers.zeros,
                      dtype=dtype) if concat_channels else None)
     self.t_embed = layers.TimestepEmbedder(width, rngs=rngs, t_scale=t_scale,
-                                           dtype=dtype)
+                                           dtype=dtype,
+                                           freq_shift=t_freq_shift)
     self.y_embed = (layers.LabelEmbedder(num_classes, width, rngs=rngs)
                     if num_classes > 0 else None)
     self.blocks = nnx.List([
         DiTBlock(width, heads, rngs=rngs, mlp_ratio=mlp_ratio, dtype=dtype,
-                 attn_fp32=attn_fp32, attn_impl=attn_impl)
+                 attn_fp32=attn_fp32, attn_impl=attn_impl,
+                 mlp_norm_eps=mlp_norm_eps)
         for _ in range(depth)])
     self.final_ada = layers.Dense(width, 2 * width, rngs=rngs,
                                   axes=(None, 'embed'),

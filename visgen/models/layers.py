@@ -171,10 +171,16 @@ def layer_norm(x: jax.Array, *, eps: float = 1e-6) -> jax.Array:
 
 
 def timestep_embedding(t_B: jax.Array, *, dim: int,
-                       max_period: float = 10000.0) -> jax.Array:
-  """Sinusoidal embedding [cos, sin] of (scaled) times, shape (B, dim)."""
+                       max_period: float = 10000.0,
+                       freq_shift: float = 0.0) -> jax.Array:
+  """Sinusoidal embedding [cos, sin] of (scaled) times, shape (B, dim).
+
+  Frequencies max_period^(-i / (half - freq_shift)), i < half = dim // 2:
+  freq_shift=0 is DiT / ADM, 1 is diffusers' `downscale_freq_shift=1`
+  (its DiT and PixArt ports)."""
   half = dim // 2
-  freqs = np.exp(-math.log(max_period) * np.arange(half) / half)
+  freqs = np.exp(-math.log(max_period) * np.arange(half) /
+                 (half - freq_shift))
   args = t_B.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
@@ -186,8 +192,10 @@ class TimestepEmbedder(nnx.Module):
   """t in [0, 1] -> t * t_scale -> sinusoid -> MLP (as in DiT / ADM)."""
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, freq_dim: int = 256,
-               t_scale: float = 1000.0, dtype: Any = jnp.float32):
+               t_scale: float = 1000.0, dtype: Any = jnp.float32,
+               freq_shift: float = 0.0):
     init = normal
+    self.freq_shift = freq_shift
     self.fc1 = Dense(freq_dim, dim, rngs=rngs, axes=(None, 'embed'),
                      kernel_init=init, dtype=dtype)
     self.fc2 = Dense(dim, dim, rngs=rngs, axes=('embed', None),
@@ -196,7 +204,8 @@ class TimestepEmbedder(nnx.Module):
     self.t_scale = t_scale
 
   def __call__(self, t_B: jax.Array) -> jax.Array:
-    emb = timestep_embedding(t_B * self.t_scale, dim=self.freq_dim)
+    emb = timestep_embedding(t_B * self.t_scale, dim=self.freq_dim,
+                             freq_shift=self.freq_shift)
     return self.fc2(jax.nn.silu(self.fc1(emb)))
 
 

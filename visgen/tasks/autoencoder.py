@@ -299,15 +299,9 @@ class LatentCodec:
 def _check_latent_channels(config, name: str) -> None:
   """The task's latent channels against the frozen autoencoder's
   z_channels (its config.json), before a step fails on a shape."""
+  from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
   source = str(config.frozen[name].get('source', ''))
-  kind, _, path = source.partition(':')
-  model = config.frozen[name].get('model')
-  if not model and kind == 'workdir':
-    try:
-      with open(os.path.join(path, 'config.json')) as f:
-        model = json.load(f).get('model')
-    except (OSError, ValueError):
-      model = None
+  model = frozen_lib.declared_model(dict(config.frozen[name]))
   z = (model or {}).get('z_channels')
   x_shape = tuple(config.task.get('x_shape', ()))
   if z is not None and x_shape and int(x_shape[-1]) != int(z):

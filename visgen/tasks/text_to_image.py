@@ -104,7 +104,10 @@ class TextToImageTask(generation.GenerationTask):
     self.negative_prompt = t.get('negative_prompt', '') or ''
     self.prompts = tuple(t.get('prompts') or ())
     data = config.get('data') or {}
-    self.data_name = data.get('name')
+    # Captions for grids come from the scene world when the data does
+    # (scenes, or latents encoded from them).
+    from visgen.data import latents  # pylint: disable=g-import-not-at-top
+    self.data_name = latents.origin(config)[0]
     image_shape = self.x_shape if self.codec is None else (
         self.codec.image_shape)
     self.resolution = int(data.get('resolution', image_shape[0]))
