@@ -58,7 +58,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
                              ae_steps=1600, ae_batch=16, z=4, cache=50000,
                              steps=0, batch=0, width=0, mult='', lr=1e-3,
-                             text_width=64, text_depth=2, sampler_steps=0,
+                             text_width=64, text_depth=2, text_heads=2,
+                             sampler_steps=0,
                              cfg_scale=3.0)
   latent = arg.latent or bool(arg.ae)
   c = config_lib.base_config()
@@ -86,7 +87,7 @@ def get_config(arg=None):
                  mid_attention=True, num_heads=1, dropout=0.0,
                  pooled_dim=1,
                  text_encoder=dict(name='scene_text', width=arg.text_width,
-                                   depth=arg.text_depth, heads=2,
+                                   depth=arg.text_depth, heads=arg.text_heads,
                                    max_len=max_len))
   if latent:
     # configs/shapes.py's latent recipe; the encoding stage keeps each

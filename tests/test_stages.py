@@ -195,6 +195,14 @@ def test_encoding_stage_pre_encodes_once_and_trains_on_latents(
   assert os.path.getmtime(os.path.join(sub, 'latents.npy')) == before
   with open(os.path.join(sub, 'meta.json')) as f:
     assert json.load(f)['num_examples'] == 32
+  # Asking for captions too (text-to-image) is a different encoding: the
+  # stage says it must run again rather than reuse label-only latents.
+  want = stages._encode_meta(dict(c.stages.latents, fields=('label', 'caption')),  # pylint: disable=protected-access
+                             os.path.join(wd, 'stages', 'autoencoder'))
+  assert not stages._encoded(sub, want)  # pylint: disable=protected-access
+  same = stages._encode_meta(dict(c.stages.latents),  # pylint: disable=protected-access
+                             os.path.join(wd, 'stages', 'autoencoder'))
+  assert stages._encoded(sub, same)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('stages_, path, match', [
