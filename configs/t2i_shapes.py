@@ -1,6 +1,8 @@
-r"""Text-to-image on `shapes` captions, in pixel space, on 2 CPU cores.
+r"""Text-to-image on `shapes` captions, in latent space, on 2 CPU cores.
 
   python -m visgen.main --config=configs/t2i_shapes.py --workdir=/tmp/t2i
+  python -m visgen.main --config=configs/t2i_shapes.py:ae=/tmp/shapes/stages/autoencoder ...
+  python -m visgen.main --config=configs/t2i_shapes.py:latent=False ...   # pixels
   python -m visgen.generate --workdir=/tmp/t2i \
       --prompt="a small red circle left of a large blue square" --out=/tmp/g.png
 
@@ -8,22 +10,27 @@ Learns p(x | caption) for 32x32 scenes of the procedural world
 (visgen/data/shapes.py), the captions from its grammar ("a large green
 triangle above a small yellow diamond on a gray background"), tokenised on
 the host by the `scene_words` tokenizer (the grammar's closed vocabulary:
-an unknown word is an error, never a silent <unk>).
+an unknown word is an error, never a silent <unk>). Four (colour, shape)
+pairs (`HELDOUT`) never occur in the training scenes.
 
-The denoiser is `configs/shapes.py`'s (the fastest step measured here: an
-ADM U-Net on 2x2 space-to-depth patches, width 32) with LDM's text
-conditioning: a trainable `scene_text` encoder (2 layers, width 64) read by
-cross-attention in the 4x4 middle block and at 8x8, plus its pooled vector
-added to the time embedding. Captions are dropped (p = 0.1) to a learned
-null text (PixArt-alpha's `y_embedding`) for classifier-free guidance on
-text; `task.negative_prompt` or `visgen.generate --negative` replaces the
-null by a negative prompt. Rectified flow with x0 prediction on the
-velocity loss, logit-normal times, Euler 12 steps, CFG 3 (as
-configs/shapes.py).
-
-Pixel space, not latent: the scene autoencoder (configs/autoencoder_shapes.py)
-already costs 9.75 shapes-FID in reconstruction alone against the issue's
-bound of 14, and its 8x8x4 latents do not make this U-Net's step cheaper.
+The recipe is configs/shapes.py's latent diffusion (`config_lib.
+scene_latents`), in one command:
+* Stage 1: the scene autoencoder (configs/autoencoder_shapes.py, f=4,
+  8x8x4 latents, batch 16 x 1600 steps) into WORKDIR/stages/autoencoder
+  (`ae=WORKDIR` reuses a trained one instead).
+* Stage 2: the first 50,000 train scenes (held-out pairs filtered out)
+  encoded once into WORKDIR/stages/latents, each latent stored with its
+  caption (the encoding stage's `fields`).
+* The generator: the latent ADM U-Net of configs/shapes.py (width 64,
+  channel_mult (1, 2)) with LDM's text conditioning: a trainable
+  `scene_text` encoder (3 layers, width 128, 4 heads) read by cross-
+  attention in the 8x8 attention blocks and the 4x4 middle block, plus its
+  pooled vector added to the time embedding. Captions are dropped
+  (p = 0.1) to a learned null text (PixArt-alpha's `y_embedding`) for
+  classifier-free guidance on text; `task.negative_prompt` or
+  `visgen.generate --negative` replaces the null by a negative prompt.
+  Rectified flow, x0 prediction on the velocity loss, logit-normal times,
+  batch 32 x LATENT_STEPS; Euler 40 steps, CFG 3.
 
 Evaluations (metrics.json): shapes-FID (+ floor) of caption-conditioned
 samples for test captions, and GenEval-style prompt accuracy
@@ -31,22 +38,21 @@ samples for test captions, and GenEval-style prompt accuracy
 the scene world's masks + deterministic grouping reads each sample back
 into objects; shape, colour, size, count, position, overall), beside the
 parser's accuracy on real test scenes (the ceiling), on captions with a
-held-out (colour, shape) pair (`HELDOUT`, never in the train split), unguided
-(scale 1) and over CFG scales 1, 2, 3, 5.
+held-out pair, unguided (scale 1) and over CFG scales 1, 2, 3, 5.
+`python -m experiments.t2i_report` tabulates and plots them.
 
-Measured (2026-12-07, 2 cores, 3200 steps, the default, 27 min 25 s wall clock):
-shapes-FID 76.5 (floor 3.51); prompt accuracy 0.045 overall against the
-parser's ceiling 0.83 (shape 0.265, colour 0.19, size 0.125, count 0.355,
-position 0.108), held-out pairs 0.01, over CFG 1/2/3/5: 0.07/0.085/0.045/
-0.03. The issue's bound (0.5, 2x unguided) is NOT reached: the samples are
-blobs of the right colours and places without the shapes' geometry (see
-the README).
+Measured: see the README's text-to-image section (the run of record and
+the probes, experiments/results/t2i_shapes/).
+
+`latent=False` keeps the earlier pixel-space recipe (patch-2 U-Net, width
+32, 3200 steps, Euler 12; 27 min 25 s: shapes-FID 76.5, prompt accuracy
+0.045, blobs without geometry).
 """
 
 from visgen import config_lib
 
 RES = 32
-LATENT_STEPS = 6500
+LATENT_STEPS = 5500
 PIXEL_STEPS = 3200
 # (colour, shape) pairs that never occur in training: test captions that
 # combine one of them measure compositional generalisation.
@@ -58,8 +64,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
                              ae_steps=1600, ae_batch=16, z=4, cache=50000,
                              steps=0, batch=0, width=0, mult='', lr=1e-3,
-                             text_width=64, text_depth=2, text_heads=2,
-                             sampler_steps=0,
+                             text_width=0, text_depth=0, text_heads=0,
+                             sampler_steps=0, pos=True, t_mean=0.5,
                              cfg_scale=3.0)
   latent = arg.latent or bool(arg.ae)
   c = config_lib.base_config()
@@ -86,9 +92,12 @@ def get_config(arg=None):
                  num_res_blocks=1, attention_resolutions=(8,),
                  mid_attention=True, num_heads=1, dropout=0.0,
                  pooled_dim=1,
-                 text_encoder=dict(name='scene_text', width=arg.text_width,
-                                   depth=arg.text_depth, heads=arg.text_heads,
-                                   max_len=max_len))
+                 text_encoder=dict(
+                     name='scene_text',
+                     width=arg.text_width or (128 if latent else 64),
+                     depth=arg.text_depth or (3 if latent else 2),
+                     heads=arg.text_heads or (4 if latent else 2),
+                     max_len=max_len))
   if latent:
     # configs/shapes.py's latent recipe; the encoding stage keeps each
     # scene's caption beside its latent (tokenised on the host as before).
@@ -100,15 +109,19 @@ def get_config(arg=None):
       # The held-out (colour, shape) pairs are filtered out of the scenes
       # before encoding (`heldout` of the shapes source).
       c.stages['latents']['source_options'] = dict(heldout=HELDOUT)
-    c.model.update(input_size=c.task.x_shape[0], in_channels=arg.z, patch=1)
+    c.model.update(input_size=c.task.x_shape[0], in_channels=arg.z, patch=1,
+                   pos_embed=arg.pos)
   c.path = dict(name='linear')
   c.prediction = 'x0'
   c.weighting = dict(name='uniform', space='velocity')
-  c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  # Logit-normal times (SD3), shifted towards noise for the latent
+  # recipe: layout (count, relative position) is decided at high noise.
+  c.time_dist = dict(name='logit_normal', mean=arg.t_mean if latent else 0.0,
+                     std=1.0)
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=100, schedule='cosine',
                              grad_clip=1.0)
   c.sampler = dict(name='euler',
-                   steps=arg.sampler_steps or (60 if latent else 12),
+                   steps=arg.sampler_steps or (40 if latent else 12),
                    cfg_scale=arg.cfg_scale)
   c.num_grid_samples = 40
   c.sample_batch = 250

@@ -37,6 +37,8 @@ def row(name: str, m: dict) -> dict:
       categories={c: m.get(f'prompt_accuracy_{c}') for c in CATEGORIES},
       ceiling_categories={c: m.get(f'prompt_accuracy_ceiling_{c}')
                           for c in CATEGORIES},
+      by_objects={k[len('prompt_accuracy_overall_'):]: v for k, v in m.items()
+                  if k.startswith('prompt_accuracy_overall_')},
       shapes_fid=m.get('shapes_fid'), shapes_fid_floor=m.get(
           'shapes_fid_floor'), shapes_precision=m.get('shapes_precision'),
       shapes_recall=m.get('shapes_recall'))
@@ -65,6 +67,9 @@ def table(rows: list[dict]) -> str:
   for c in CATEGORIES:
     lines.append(f'| {c} | {fmt(first["categories"][c])} | '
                  f'{fmt(first["ceiling_categories"][c])} |')
+  for k, v in sorted(first['by_objects'].items()):
+    lines.append(f'| overall, captions of {k.replace("obj", " object(s)")} '
+                 f'| {fmt(v)} | |')
   return '\n'.join(lines)
 
 

@@ -100,3 +100,36 @@ def test_unet_patch_is_per_pixel_and_checks_its_arguments():
   with pytest.raises(ValueError, match='input_size/patch = 2'):
     models.get_model('unet', rngs=nnx.Rngs(0), patch=4, **dict(
         TINY, channel_mult=(1, 2, 2)))
+
+
+def test_unet_position_embedding_is_dits_sincos_after_conv_in():
+  """pos_embed=True adds DiT's fixed 2-D sin-cos embedding to conv_in's
+  output (no parameters): equal to the plain U-Net whose conv_in adds it."""
+  from visgen.models import dit  # pylint: disable=g-import-not-at-top
+  kw = dict(input_size=8, in_channels=4, model_channels=16,
+            channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+            num_heads=1)
+  with_pos = models.get_model('unet', rngs=nnx.Rngs(0), pos_embed=True, **kw)
+  plain = models.get_model('unet', rngs=nnx.Rngs(0), **kw)
+  assert jax.tree.structure(nnx.state(with_pos, nnx.Param)) == (
+      jax.tree.structure(nnx.state(plain, nnx.Param)))
+  # Non-zero output layer (it starts at zero) so the outputs can differ.
+  for m in (with_pos, plain):
+    m.conv_out.kernel.value = jnp.ones_like(m.conv_out.kernel.value) * 0.1
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  t = jnp.array([0.3, 0.7])
+  got = with_pos(x, t)
+  assert not np.allclose(got, plain(x, t), atol=1e-3)
+  conv_in = plain.conv_in
+  emb = jnp.asarray(dit.pos_embed_2d(16, 8, 8).reshape(8, 8, 16))
+
+  class Shifted(nnx.Module):
+
+    def __init__(self, conv):
+      self.conv = conv
+
+    def __call__(self, h):
+      return self.conv(h) + emb
+
+  plain.conv_in = Shifted(conv_in)
+  np.testing.assert_allclose(got, plain(x, t), rtol=1e-5, atol=1e-5)

@@ -82,6 +82,12 @@ def test_rules_read_real_scenes_with_true_maps():
     found.append(sp.group(ex['image'], ex['semantic_mask'][..., 0]))
   s = sp.score(caps, found)
   assert s['overall'] > 0.9 and s['shape'] > 0.95, s
+  # The breakdown by number of mentioned objects averages back to overall.
+  n = {k: sum(len(shapes.parse_caption(c)) == k for c in caps)
+       for k in (1, 2, 3)}
+  assert sum(n.values()) == len(caps)
+  assert sum(s[f'overall_{k}obj'] * n[k] for k in n) == pytest.approx(
+      s['overall'] * len(caps))
 
 
 def test_heldout_pairs_never_in_train_but_in_test():

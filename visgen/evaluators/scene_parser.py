@@ -177,13 +177,18 @@ def check(caption: str, found: Sequence[Found]) -> dict[str, bool]:
 def score(captions: Sequence[str], found: Sequence[Sequence[Found]]
           ) -> dict[str, float]:
   """Mean of each category over prompts (position over prompts with at
-  least one relation)."""
+  least one relation), and `overall_<n>obj`: overall accuracy on the
+  prompts that mention n objects (where compositions fail)."""
   rows = [check(c, f) for c, f in zip(captions, found)]
+  counts = [len(shapes.parse_caption(c)) for c in captions]
   out = {}
   for cat in CATEGORIES:
-    vals = [r[cat] for r, c in zip(rows, captions)
-            if cat != 'position' or len(shapes.parse_caption(c)) > 1]
+    vals = [r[cat] for r, n in zip(rows, counts)
+            if cat != 'position' or n > 1]
     out[cat] = float(np.mean(vals)) if vals else float('nan')
+  for n in sorted(set(counts)):
+    out[f'overall_{n}obj'] = float(np.mean(
+        [r['overall'] for r, k in zip(rows, counts) if k == n]))
   return out
 
 

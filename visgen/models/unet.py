@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from visgen.models import attention
+from visgen.models import dit
 from visgen.models import layers
 from visgen.models import text_cond
 from visgen.models import text_encoders
@@ -194,7 +195,7 @@ class UNet(nnx.Module):
                mid_attention: bool = True, concat_channels: int = 0,
                concat_init: str = 'zero',
                text_dim: int = 0, pooled_dim: int = 0,
-               text_encoder: dict | None = None):
+               text_encoder: dict | None = None, pos_embed: bool = False):
     if patch < 1 or input_size % patch:
       raise ValueError(f'patch must be a positive divisor of input_size; '
                        f'got patch={patch}, input_size={input_size}.')
@@ -228,6 +229,11 @@ class UNet(nnx.Module):
                     if num_classes > 0 else None)
     self.conv_in = Conv(patch * patch * in_channels, ch, rngs=rngs,
                         dtype=dtype)
+    # Optional fixed 2-D sin-cos position embedding (DiT's) added after
+    # conv_in: absolute position for layouts ("a circle left of a square")
+    # that zero padding alone conveys only weakly on small feature maps.
+    self.pos_embed = pos_embed
+    self.grid = inner
     if concat_init not in ('zero', 'xavier'):
       raise ValueError(f"concat_init must be 'zero' or 'xavier', got "
                        f'{concat_init!r}.')
@@ -313,6 +319,10 @@ class UNet(nnx.Module):
       if self.pooled_embed is not None:
         emb = emb + self.pooled_embed(pooled)
     h = self.conv_in(space_to_depth(x_t, self.patch))
+    if self.pos_embed:
+      g, c = self.grid, h.shape[-1]
+      h = h + jnp.asarray(dit.pos_embed_2d(c, g, g).reshape(g, g, c),
+                          h.dtype)
     if self.concat_in is not None:
       c = cond['concat']
       if c.shape != x_t.shape[:1] + (s, s, self.concat_channels):
