@@ -110,7 +110,8 @@ def test_prompt_accuracy_evaluation_end_to_end(tmp_path, monkeypatch):
   with a tiny parser network: every key, values in [0, 1], the ceiling
   from real scenes."""
   monkeypatch.setenv('VISGEN_CACHE', str(tmp_path))
-  c = config_loader.load(f'{ROOT}/configs/t2i_shapes.py:runlocal')
+  # The pixel recipe: builds without training the latent recipe's stages.
+  c = config_loader.load(f'{ROOT}/configs/t2i_shapes.py:runlocal,latent=False')
   c.data.heldout = (('red', 'triangle'),)
   b = builder.build(c)
   state = builder.create_state(b, __import__('jax').random.key(0))
@@ -122,7 +123,8 @@ def test_prompt_accuracy_evaluation_end_to_end(tmp_path, monkeypatch):
             'prompt_accuracy_unguided', 'prompt_accuracy_ceiling',
             'prompt_accuracy_cfg1', 'prompt_accuracy_cfg4',
             'prompt_accuracy_shape', 'prompt_accuracy_position',
-            'prompt_accuracy_ceiling_pixel_accuracy'):
+            'prompt_accuracy_ceiling_pixel_accuracy',
+            'prompt_accuracy_overall_1obj'):
     assert 0.0 <= out[k] <= 1.0, (k, out)
   assert out['prompt_accuracy_prompts'] == 8
   assert out['prompt_accuracy_heldout_prompts'] == 8
