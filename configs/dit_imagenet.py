@@ -33,8 +33,9 @@ import os
 
 from visgen import config_lib
 
-# SD's autoencoder (sd-vae-ft-ema), converted by visgen.convert.
-VAE = config_lib.visgen_cache('autoencoders', 'sd-vae-ft-ema')
+# SD's autoencoder (sd-vae-ft-ema), converted by visgen.convert, lives in
+# $VISGEN_CACHE/autoencoders/sd-vae-ft-ema (read when the config is built).
+VAE = ('autoencoders', 'sd-vae-ft-ema')
 # The architecture of sd-vae-ft-ema (its diffusers config.json: block_out_
 # channels 128, 256, 512, 512; 2 layers per block; 4 latent channels).
 SD_VAE = dict(name='autoencoder_kl', input_size=256, in_channels=3, ch=128,
@@ -61,12 +62,13 @@ def get_config(arg=None):
   c.keep_every = 50_000
   c.ema_decays = (0.9999,)
   c.data = config_lib.tfds_data('imagenet256', batch_size=256, flip=True)
-  vae = arg.vae or (RUNLOCAL_VAE if arg.runlocal else VAE)
+  default_vae = config_lib.visgen_cache(*VAE)
+  vae = arg.vae or (RUNLOCAL_VAE if arg.runlocal else default_vae)
   c.frozen = dict(autoencoder=dict(
       source='safetensors:' + os.path.join(vae, 'model.safetensors'),
       hint='convert stabilityai/sd-vae-ft-ema: python -m visgen.convert '
       f'--from=diffusers --src=SD_VAE_DIR --out={vae}'))
-  if vae == VAE:  # its architecture, known before the file exists
+  if vae == default_vae:  # its architecture, known before the file exists
     c.frozen.autoencoder.model = SD_VAE
   c.task = dict(name='generation', num_classes=1000, label_dropout=0.1,
                 x_shape=(32, 32, 4),

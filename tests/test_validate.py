@@ -150,7 +150,8 @@ def test_runlocal_says_what_it_substituted(monkeypatch):
   c = load('flow_matching_cifar10', '')
   assert c.data.data_dir == ''  # Declared: --config.data.data_dir works.
   monkeypatch.setenv('VISGEN_CACHE', '/elsewhere')
-  assert load('dit_imagenet').autoencoder.path.startswith('/elsewhere/')
+  assert load('dit_imagenet').frozen.autoencoder.source.startswith(
+      'safetensors:/elsewhere/')
 
 
 def test_data_dir_reaches_the_dataset_message(tmp_path):
