@@ -88,7 +88,7 @@ def plot(rows: list[dict], path: str) -> None:
   ax.set_xlabel('CFG scale (1 = unguided)')
   ax.set_ylabel('prompt accuracy (overall)')
   ax.set_ylim(0, 1)
-  ax.legend(fontsize=8, loc='lower center', bbox_to_anchor=(0.5, -0.42),
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16),
             ncol=2)
   ax.set_title('GenEval-style prompt accuracy vs guidance')
   first = rows[0]
