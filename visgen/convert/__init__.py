@@ -93,3 +93,41 @@ def load_converted(out: str):
   params = param_tree.rebuild(abstract, {k: jax.numpy.asarray(v)
                                          for k, v in flat.items()})
   return nnx.merge(graphdef, params), entry['model']
+
+
+def read_model_dir(src: str, weights_file: str, library: str
+                   ) -> tuple[dict, dict]:
+  """(config.json, {key: array} of weights_file) of a `library` model
+  directory; FileNotFoundError naming what is missing."""
+  from visgen import weights as weights_lib  # pylint: disable=g-import-not-at-top
+
+  src = os.path.expanduser(src)
+  cfg_path = os.path.join(src, 'config.json')
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f'{cfg_path} not found: --src must be a '
+                            f'{library} model directory (config.json + '
+                            f'{weights_file}).')
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  w = os.path.join(src, weights_file)
+  if not os.path.isfile(w):
+    raise FileNotFoundError(
+        f'{w} not found (.bin pickles are not read: save the model with '
+        'safe_serialization=True).')
+  return cfg, weights_lib.read_safetensors(w)
+
+
+def write_checked(flat: dict, model_cfg: dict, src: str, out: str, *,
+                  fmt: str, expected: dict | None = None) -> dict:
+  """Checks `flat` against the port's parameter tree (shapes, and nothing
+  extra) and writes OUT (`write_converted`); the summary dict."""
+  from visgen import weights as weights_lib  # pylint: disable=g-import-not-at-top
+
+  expected = expected or expected_params(model_cfg)
+  weights_lib.check_shapes({k: v.shape for k, v in flat.items()}, expected,
+                           origin=src, what=fmt)
+  extra = sorted(set(flat) - set(expected))
+  if extra:
+    raise KeyError(f'{src}: parameters the port does not have: {extra[:8]}.')
+  return write_converted(out, {k: flat[k] for k in expected}, model_cfg,
+                         src=src, fmt=fmt)

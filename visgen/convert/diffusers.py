@@ -119,20 +119,7 @@ def convert_autoencoder_kl(arrays: dict[str, np.ndarray],
 
 
 def _read(src: str) -> tuple[dict, dict[str, np.ndarray]]:
-  src = os.path.expanduser(src)
-  cfg_path = os.path.join(src, 'config.json')
-  if not os.path.isfile(cfg_path):
-    raise FileNotFoundError(f'{cfg_path} not found: --src must be a '
-                            'diffusers model directory (config.json + '
-                            f'{WEIGHTS_FILE}).')
-  with open(cfg_path) as f:
-    cfg = json.load(f)
-  w = os.path.join(src, WEIGHTS_FILE)
-  if not os.path.isfile(w):
-    raise FileNotFoundError(
-        f'{w} not found (.bin pickles are not read: save the model with '
-        'safe_serialization=True).')
-  return cfg, weights_lib.read_safetensors(w)
+  return convert.read_model_dir(src, WEIGHTS_FILE, 'diffusers')
 
 
 def convert_dir(src: str, out: str, *, input_size: int | None = None,
@@ -144,22 +131,16 @@ def convert_dir(src: str, out: str, *, input_size: int | None = None,
   cfg, arrays = _read(src)
   if cfg.get('_class_name') == 'DiTTransformer2DModel':
     from visgen.convert import dit  # pylint: disable=g-import-not-at-top
-    return dit.write(dit.convert_diffusers(arrays),
-                     dit.diffusers_config(cfg, input_size=input_size),
-                     f'{src}/{WEIGHTS_FILE}', out,
-                     fmt='diffusers DiTTransformer2DModel')
+    return convert.write_checked(
+        dit.convert_diffusers(arrays),
+        dit.diffusers_config(cfg, input_size=input_size),
+        f'{src}/{WEIGHTS_FILE}', out, fmt='diffusers DiTTransformer2DModel')
   model_cfg = model_config(cfg, input_size=input_size)
   expected = convert.expected_params(model_cfg)
-  flat = convert_autoencoder_kl(arrays, expected)
-  weights_lib.check_shapes({k: v.shape for k, v in flat.items()}, expected,
-                           origin=f'{src}/{WEIGHTS_FILE}',
-                           what='diffusers AutoencoderKL')
-  extra = sorted(set(flat) - set(expected))
-  if extra:
-    raise KeyError(f'{src}: parameters the port does not have: {extra[:8]}.')
-  summary = convert.write_converted(out, {k: flat[k] for k in expected},
-                                    model_cfg, src=src,
-                                    fmt='diffusers AutoencoderKL')
+  summary = convert.write_checked(
+      convert_autoencoder_kl(arrays, expected), model_cfg,
+      f'{src}/{WEIGHTS_FILE}', out, fmt='diffusers AutoencoderKL',
+      expected=expected)
   from visgen.tasks import autoencoder as ae_task  # pylint: disable=g-import-not-at-top
   with open(os.path.join(summary['out'], ae_task.STATS_FILE), 'w') as f:
     json.dump(latent_stats(cfg), f, indent=1)

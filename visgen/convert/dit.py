@@ -36,7 +36,6 @@ visgen's DiT reads t in [0, 1] scaled by t_scale=1000: the reference's
 timestep k is t = k / 1000 here.
 """
 
-import json
 import os
 from typing import Any
 
@@ -241,20 +240,6 @@ def convert_diffusers(sd: dict) -> dict[str, np.ndarray]:
 # -- Shared -------------------------------------------------------------------
 
 
-def write(flat: dict, model_cfg: dict, src: str, out: str, *,
-          fmt: str) -> dict:
-  """Checks `flat` against the port's tree and writes OUT (see
-  `visgen.convert`)."""
-  expected = convert.expected_params(model_cfg)
-  weights_lib.check_shapes({k: v.shape for k, v in flat.items()}, expected,
-                           origin=src, what=fmt)
-  extra = sorted(set(flat) - set(expected))
-  if extra:
-    raise KeyError(f'{src}: parameters the port does not have: {extra[:8]}.')
-  return convert.write_converted(out, {k: flat[k] for k in expected},
-                                 model_cfg, src=src, fmt=fmt)
-
-
 def convert_dir(src: str, out: str, *, input_size: int | None = None,
                 heads: int | None = None, **unused) -> dict:
   """facebookresearch/DiT .pt file -> OUT."""
@@ -269,8 +254,8 @@ def convert_dir(src: str, out: str, *, input_size: int | None = None,
   sd = facebook_state_dict(weights_lib.read_torch_pt(src, what='--src'), src)
   model_cfg = facebook_config(sd, heads=heads, input_size=input_size)
   check_pos_embed(sd, model_cfg, src)
-  return write(convert_facebook(sd), model_cfg, src, out,
-               fmt='facebookresearch/DiT')
+  return convert.write_checked(convert_facebook(sd), model_cfg, src, out,
+                               fmt='facebookresearch/DiT')
 
 
 def compare(model, ref_fn, *, model_cfg: dict, batch: int = 2,

@@ -19,7 +19,6 @@ are the EOS token's state (projected when the checkpoint has
 text_projection).
 """
 
-import json
 import os
 
 import numpy as np
@@ -84,20 +83,7 @@ def model_config(cfg: dict, arrays: dict) -> tuple[dict, str]:
 
 
 def _read(src: str) -> tuple[dict, dict[str, np.ndarray]]:
-  src = os.path.expanduser(src)
-  cfg_path = os.path.join(src, 'config.json')
-  if not os.path.isfile(cfg_path):
-    raise FileNotFoundError(f'{cfg_path} not found: --src must be a '
-                            'transformers model directory (config.json + '
-                            f'{WEIGHTS_FILE}).')
-  with open(cfg_path) as f:
-    cfg = json.load(f)
-  w = os.path.join(src, WEIGHTS_FILE)
-  if not os.path.isfile(w):
-    raise FileNotFoundError(
-        f'{w} not found (pytorch_model.bin pickles are not read: save the '
-        'model with safe_serialization=True).')
-  return cfg, weights_lib.read_safetensors(w)
+  return convert.read_model_dir(src, WEIGHTS_FILE, 'transformers')
 
 
 def convert_dir(src: str, out: str, **unused) -> dict:
@@ -111,15 +97,10 @@ def convert_dir(src: str, out: str, **unused) -> dict:
   model_cfg, converter = model_config(cfg, arrays)
   expected = convert.expected_params(model_cfg)
   flat = weights_lib.CONVERTERS.get(converter)(arrays, expected)
-  weights_lib.check_shapes({k: v.shape for k, v in flat.items()}, expected,
-                           origin=f'{src}/{WEIGHTS_FILE}',
-                           what=f'transformers {cfg.get("model_type")}')
-  extra = sorted(set(flat) - set(expected))
-  if extra:
-    raise KeyError(f'{src}: parameters the port does not have: {extra[:8]}.')
-  return convert.write_converted(
-      out, {k: np.ascontiguousarray(flat[k], np.float32) for k in expected},
-      model_cfg, src=src, fmt=f'transformers {cfg.get("model_type")}')
+  flat = {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
+  return convert.write_checked(flat, model_cfg, f'{src}/{WEIGHTS_FILE}',
+                               out, fmt=f'transformers {cfg.get("model_type")}',
+                               expected=expected)
 
 
 REFERENCE_HINT = ('pip install torch transformers (CPU wheels: pip install '
