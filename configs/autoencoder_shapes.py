@@ -39,7 +39,11 @@ from visgen import config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, steps=1600, batch=16,
                              ch=32, lr=1e-3, disc=False, kl_weight=1e-6, z=4,
-                             perceptual_weight=1.0)
+                             perceptual_weight=1.0, f=4)
+  if arg.f not in (2, 4, 8):
+    raise ValueError(f'f={arg.f}: the scene autoencoder downsamples by 2, 4 '
+                     'or 8 (one, two or three halvings of 32x32).')
+  ch_mult = {2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 4)}[arg.f]
   c = config_lib.base_config()
   c.seed = 0
   c.total_steps = arg.steps
@@ -56,7 +60,7 @@ def get_config(arg=None):
                 disc_weight=0.5 if arg.disc else 0.0,
                 disc_start=arg.steps // 2, eval_split='test')
   c.model = dict(name='autoencoder_kl', input_size=32, in_channels=3,
-                 ch=arg.ch, ch_mult=(1, 2, 2), num_res_blocks=1,
+                 ch=arg.ch, ch_mult=ch_mult, num_res_blocks=1,
                  z_channels=arg.z, double_z=True, norm_groups=8,
                  mid_attention=True, disc_layers=2 if arg.disc else 0,
                  disc_channels=32, dtype='float32')

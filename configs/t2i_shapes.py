@@ -62,7 +62,7 @@ HELDOUT = (('red', 'triangle'), ('blue', 'circle'), ('yellow', 'square'),
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, latent=True, ae='',
-                             ae_steps=1600, ae_batch=16, z=4, cache=50000,
+                             ae_steps=1600, ae_batch=16, z=4, f=4, cache=50000,
                              steps=0, batch=0, width=0, mult='', lr=1e-3,
                              text_width=0, text_depth=0, text_heads=0,
                              sampler_steps=0, pos=True, t_mean=0.0,
@@ -102,15 +102,18 @@ def get_config(arg=None):
     # configs/shapes.py's latent recipe; the encoding stage keeps each
     # scene's caption beside its latent (tokenised on the host as before).
     config_lib.scene_latents(c, ae=arg.ae, ae_steps=arg.ae_steps,
-                             ae_batch=arg.ae_batch, z=arg.z, cache=arg.cache,
+                             ae_batch=arg.ae_batch, z=arg.z, f=arg.f,
+                             cache=arg.cache,
                              batch=batch, runlocal=arg.runlocal, res=RES,
                              fields=('label', 'caption'))
     if arg.cache and not arg.runlocal:
       # The held-out (colour, shape) pairs are filtered out of the scenes
       # before encoding (`heldout` of the shapes source).
       c.stages['latents']['source_options'] = dict(heldout=HELDOUT)
-    c.model.update(input_size=c.task.x_shape[0], in_channels=arg.z, patch=1,
-                   pos_embed=arg.pos)
+    # The U-Net works on an 8x8 grid whatever f: f=2 latents (16x16) are
+    # read as 2x2 patches.
+    c.model.update(input_size=c.task.x_shape[0], in_channels=arg.z,
+                   patch=max(1, c.task.x_shape[0] // 8), pos_embed=arg.pos)
   c.path = dict(name='linear')
   c.prediction = 'x0'
   c.weighting = dict(name='uniform', space='velocity')

@@ -337,3 +337,18 @@ def test_latent_channels_must_match_the_frozen_autoencoder(tmp_path):
     ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
   c.task.x_shape = (8, 8, 8)
   ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
+  # The side: an f=2 autoencoder (two levels) makes 16x16 latents of
+  # 32x32 scenes, not 8x8.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'model': {'name': 'autoencoder_kl', 'z_channels': 8,
+                         'ch_mult': [1, 2]}}, f)
+  c.task.latent = dict(frozen='autoencoder', image_shape=(32, 32, 3))
+  with pytest.raises(ValueError, match=r'side 8 .* f=2 .* 16x16 latents.*'
+                     r't2i_shapes.py:f=2'):
+    ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
+  c.task.x_shape = (16, 16, 8)
+  ae_task._check_latent_channels(c, 'autoencoder')  # pylint: disable=protected-access
+  assert config_loader.load('configs/autoencoder_shapes.py:f=2').model[
+      'ch_mult'] == (1, 2)
+  with pytest.raises(ValueError, match='f=3: .* by 2, 4 or 8'):
+    config_loader.load('configs/autoencoder_shapes.py:f=3')

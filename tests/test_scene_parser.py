@@ -1,6 +1,7 @@
 """The prompt-accuracy parser: exact checks on rendered scenes, held-out
 pairs in the data, and the evaluation through a tiny text-to-image run."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ from visgen import config_loader
 from visgen import evaluations
 from visgen.data import shapes
 from visgen.evaluators import scene_parser as sp
+from visgen.tasks import autoencoder
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 BG = shapes.Background(2, 2, 0.0)  # plain gray
@@ -131,6 +133,44 @@ def test_prompt_accuracy_evaluation_end_to_end(tmp_path, monkeypatch):
   # The parser network was cached under $VISGEN_CACHE.
   assert any(f.startswith('scene_parser_') for f in os.listdir(
       tmp_path / 'feature_nets'))
+  assert 'prompt_accuracy_latent_ceiling' not in out  # pixel space
+  # Through an identity "autoencoder" the latent ceiling is the ceiling
+  # (the same scenes, round-tripped exactly: uint8 -> [-1, 1] -> uint8);
+  # through one that decodes everything to black, no object is found.
+  def latent_ceiling(decode):
+    def apply(p, x, method=None):
+      del p
+      return (x, x * 0.0) if method == 'encode' else decode(x)
+    b.task.codec = autoencoder.LatentCodec('ae', apply, image_shape=(8, 8, 3),
+                                           normalize='none')
+    built = dataclasses.replace(b, frozen=dataclasses.replace(
+        b.frozen, params={**b.frozen.params, 'ae': {}}))
+    res = evaluations.prompt_accuracy_metric(
+        built, builder.first_ema(state), __import__('jax').random.key(1),
+        num_prompts=8, batch=8, parser=parser)
+    return {k[len('prompt_accuracy_latent_ceiling_'):]: v
+            for k, v in res.items()
+            if k.startswith('prompt_accuracy_latent_ceiling_')}
+  # A rule map (object = a pixel within 40 of an object colour, every
+  # object a circle) so that counts are read at 8x8.
+  def rule_maps(self, images, batch=256):
+    del self, batch
+    d = ((images[..., None, :].astype(np.float32) -
+          shapes.COLOUR_VALUES.astype(np.float32)) ** 2).sum(-1).min(-1)
+    return (d < 40.0 ** 2).astype(np.int32)
+  def rule_ceiling(self, num):
+    images, _, captions = sp.scenes('test', num, 8)
+    return sp.score(captions, self.parse(images))
+  monkeypatch.setattr(sp.SceneParser, 'shape_maps', rule_maps)
+  monkeypatch.setattr(sp.SceneParser, 'ceiling', rule_ceiling)
+  out = evaluations.prompt_accuracy_metric(
+      b, builder.first_ema(state), __import__('jax').random.key(1),
+      num_prompts=8, batch=8, parser=parser)
+  ceiling = {k[len('prompt_accuracy_ceiling_'):]: v for k, v in out.items()
+             if k.startswith('prompt_accuracy_ceiling_')}
+  assert latent_ceiling(lambda x: x) == ceiling
+  assert ceiling['count'] > 0.0, ceiling
+  assert latent_ceiling(lambda x: x * 0.0 - 1.0)['count'] == 0.0
   with pytest.raises(ValueError, match='text-to-image'):
     qs = config_loader.load(f'{ROOT}/configs/quickstart.py:runlocal')
     evaluations.prompt_accuracy_metric(builder.build(qs), None, None)

@@ -310,13 +310,15 @@ def noisy_classifier(arg, *, data: dict, num_classes: int, x_shape: tuple,
 
 
 def scene_latents(c: mlc.ConfigDict, *, ae: str = '', ae_steps: int = 1600,
-                  ae_batch: int = 16, z: int = 4, cache: int = 50000,
+                  ae_batch: int = 16, z: int = 4, f: int = 4,
+                  cache: int = 50000,
                   batch: int, runlocal: bool = False, res: int = 32,
                   fields: tuple[str, ...] = ('label',)) -> None:
   """Latent diffusion on `shapes` scenes (configs/shapes.py's recipe).
 
   Without `ae` the scene autoencoder (configs/autoencoder_shapes.py, f=4)
-  is trained first as the stage WORKDIR/stages/autoencoder; with
+  (downsampling `f`: 32x32 -> (32/f)^2 x z latents) is trained first as
+  the stage WORKDIR/stages/autoencoder; with
   `ae=WORKDIR` that trained autoencoder is used. With `cache` > 0 the first
   `cache` train scenes are pre-encoded once (an encoding stage keeping
   `fields` beside the latents) and c.data reads them (c.data's tokenizer,
@@ -331,7 +333,8 @@ def scene_latents(c: mlc.ConfigDict, *, ae: str = '', ae_steps: int = 1600,
     c.stages = dict(c.get('stages') or {}, autoencoder=dict(
         config='configs/autoencoder_shapes.py:' + (
             'runlocal' if runlocal else
-            f'steps={ae_steps},batch={ae_batch},z={z}')))
+            f'steps={ae_steps},batch={ae_batch},z={z}' +
+            ('' if f == 4 else f',f={f}'))))
     source = 'stage:autoencoder'
   c.frozen = dict(c.get('frozen') or {}, autoencoder=dict(source=source))
   side = 8 if runlocal else res
@@ -349,8 +352,8 @@ def scene_latents(c: mlc.ConfigDict, *, ae: str = '', ae_steps: int = 1600,
   elif runlocal:
     c.data = dict(name='shapes', resolution=8, num_examples=64, batch_size=8,
                   **keep)
-  # The runlocal autoencoder is f=2 (8x8 -> 4x4), the scene one f=4.
-  lat = 4 if runlocal else res // 4
+  # The runlocal autoencoder is f=2 (8x8 -> 4x4).
+  lat = 4 if runlocal else res // f
   c.task.x_shape = (lat, lat, z)
   c.task.latent = dict(frozen='autoencoder', image_shape=(side, side, 3),
                        normalize='channel')

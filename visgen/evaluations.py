@@ -189,7 +189,10 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
   held out of the train split (`config.data.heldout`; null without one);
   `prompt_accuracy_unguided` (scale 1: the plain conditional model);
   `prompt_accuracy_ceiling` (and `_<category>`): the parser on the real
-  test scenes with their own captions; and for every scale in `scales`,
+  test scenes with their own captions; for latent models
+  `prompt_accuracy_latent_ceiling` (and `_<category>`): the same scenes
+  encoded and decoded by the frozen autoencoder, what the latent space
+  allows; and for every scale in `scales`,
   `prompt_accuracy_cfg<scale>` (the guidance table). `parser` overrides
   the parser network's recipe (`scene_parser.Recipe` fields)."""
   # pylint: disable=g-import-not-at-top
@@ -257,6 +260,19 @@ def prompt_accuracy_metric(b: builder.Built, params, rng, *,
   out['prompt_accuracy_ceiling'] = ceiling['overall']
   out.update({f'prompt_accuracy_ceiling_{k}': v for k, v in ceiling.items()
               if k != 'overall'})
+  codec = getattr(task, 'codec', None)
+  if codec is not None:
+    # What the latent space itself allows: the same real test scenes
+    # through the frozen autoencoder (encode, decode) and the parser.
+    images, _, captions = scene_parser.scenes('test', num_prompts, res)
+    roundtrip = jax.jit(lambda f, im: codec.decode(f, codec.encode(f, im)))
+    rec = np.concatenate([preprocess.to_uint8(np.asarray(
+        roundtrip(b.frozen.params, images[i:i + batch])))
+                          for i in range(0, len(images), batch)])
+    latent = scene_parser.score(captions, sp.parse(rec))
+    out['prompt_accuracy_latent_ceiling'] = latent['overall']
+    out.update({f'prompt_accuracy_latent_ceiling_{k}': v
+                for k, v in latent.items() if k != 'overall'})
   for s in scales:
     out[f'prompt_accuracy_cfg{float(s):g}'] = seen_accuracy(float(s))[
         'overall']

@@ -232,7 +232,8 @@ class Recipe:
                                      sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _data(split: str, n: int, resolution: int):
+def scenes(split: str, n: int, resolution: int):
+  """The first n scenes of a split: uint8 images, shape maps, captions."""
   src = shapes.ShapesSource(split=split, resolution=resolution)
   ex = [src[i] for i in range(n)]
   return (np.stack([e['image'] for e in ex]),
@@ -270,7 +271,7 @@ class SceneParser:
 
   def _train(self, params):
     r = self.recipe
-    images, masks, _ = _data('train', r.num_train, r.resolution)
+    images, masks, _ = scenes('train', r.num_train, r.resolution)
     tx = optax.adam(optax.cosine_decay_schedule(r.lr, r.steps))
     opt = tx.init(params)
     graphdef = self.graphdef
@@ -310,7 +311,7 @@ class SceneParser:
     if os.path.exists(meta):
       with open(meta) as f:
         return json.load(f)
-    images, masks, captions = _data('test', num, self.recipe.resolution)
+    images, masks, captions = scenes('test', num, self.recipe.resolution)
     maps = self.shape_maps(images)
     out = score(captions, [group(i, m) for i, m in zip(images, maps)])
     out['pixel_accuracy'] = float(np.mean(maps == masks))

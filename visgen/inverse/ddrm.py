@@ -11,7 +11,7 @@ coordinate i (Kawar et al. eq. 7-8, the reference `efficient_generalized_steps`)
   no singular value:     x0bar + sqrt(1 - eta^2) sigma~' epsbar + eta sigma~' z
   s sigma~' < sigma_y:   x0bar + sqrt(1 - eta^2) sigma~' (s ybar - s x0bar)
                            / sigma_y + eta sigma~' z
-  s sigma~' > sigma_y:   (1 - eta_b) x0bar + eta_b ybar
+  s sigma~' >= sigma_y:  (1 - eta_b) x0bar + eta_b ybar
                            + sqrt(sigma~'^2 - eta_b^2 sigma_y^2 / s^2) z
 
 and x_{t'} = alpha(t') V xbar'. The last step goes to sigma~' = 0 (the
@@ -116,7 +116,11 @@ def ddrm(denoise_fn, operator: ops_lib.Operator, y, *, path, prediction, ts,
     x0b, epsb = operator.Vt(x0), operator.Vt(eps)
     sn = sig_next[i]
     z = jax.random.normal(jax.random.fold_in(k_run, i), x0b.shape)
-    before = support & (s * sn > sigma_y)  # noisier than y
+    # Eq. 7's cases are sigma~' < sigma_y / s and sigma~' >= sigma_y / s: the
+    # tie belongs to the y branch. It occurs for sigma_y = 0 at the last step
+    # (sigma~' = 0), where the observed coordinates must come out as ybar
+    # (eta_b = 1), not as the denoiser's x0bar.
+    before = support & (s * sn >= sigma_y)  # noisier than y (or tied)
     after = support & (s * sn < sigma_y)  # less noisy than y
     keep = jnp.sqrt(jnp.maximum(1.0 - eta**2, 0.0)) * sn
     missing_next = x0b + keep * epsb + eta * sn * z

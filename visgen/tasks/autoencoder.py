@@ -297,8 +297,9 @@ class LatentCodec:
 
 
 def _check_latent_channels(config, name: str) -> None:
-  """The task's latent channels against the frozen autoencoder's
-  z_channels (its config.json), before a step fails on a shape."""
+  """The task's latent channels and side against the frozen autoencoder's
+  z_channels and downsampling (its config.json), before a step fails on a
+  shape."""
   from visgen import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
   source = str(config.frozen[name].get('source', ''))
   model = frozen_lib.declared_model(dict(config.frozen[name]))
@@ -310,6 +311,18 @@ def _check_latent_channels(config, name: str) -> None:
         f'but the frozen autoencoder {name!r} ({source}) encodes '
         f'{z} (model.z_channels); set the last entry of x_shape (and the '
         f"model's in_channels) to {z}, e.g. configs/shapes.py:z={z}.")
+  # The latent side: the image side halved once per level after the first.
+  mult = (model or {}).get('ch_mult')
+  image = tuple((config.task.get('latent') or {}).get('image_shape', ()))
+  if mult and image and x_shape:
+    f = 2 ** (len(mult) - 1)
+    if int(x_shape[0]) * f != int(image[0]):
+      raise ValueError(
+          f'config.task.x_shape={x_shape} has side {x_shape[0]} but the '
+          f'frozen autoencoder {name!r} ({source}) downsamples by f={f} '
+          f'(model.ch_mult={list(mult)}): {image[0]}x{image[0]} images give '
+          f'{image[0] // f}x{image[0] // f} latents; pass the matching f, '
+          f'e.g. configs/t2i_shapes.py:f={f}.')
 
 
 def codec_from_config(config, frozen_apply) -> LatentCodec | None:
