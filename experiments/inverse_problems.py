@@ -109,7 +109,8 @@ def make_solver(method, den, op, path):
 
 
 def gmm_sweep(*, num_y, n, m, sigma_y, nfes, etas, dps_scales, pigdm_scales,
-              seed=0, log=print, done=None, on_operator=None):
+              methods=METHODS, seed=0, log=print, done=None,
+              on_operator=None):
   """The sweep; `done` (rows of an earlier run with the same settings)
   skips the operators it covers, `on_operator(summary, sweep)` is called
   after each operator (results are saved as they come)."""
@@ -126,7 +127,7 @@ def gmm_sweep(*, num_y, n, m, sigma_y, nfes, etas, dps_scales, pigdm_scales,
     old = [r for r in done if r['operator'] == op_name]
     if old:
       sweep += old
-      for method in METHODS:
+      for method in methods:
         summary.setdefault(op_name, {})[method] = _best(old, op_name, method)
       log(f'[gmm {op_name}] reused from the earlier run')
       continue
@@ -148,7 +149,7 @@ def gmm_sweep(*, num_y, n, m, sigma_y, nfes, etas, dps_scales, pigdm_scales,
     sw_floor = float(np.mean([c['floor'] for c in cases]))
     log(f'[gmm {op_name}] sw_floor {sw_floor:.4f}  posterior weights '
         f'{[np.round(c["weights"], 3).tolist() for c in cases]}')
-    for method in METHODS:
+    for method in methods:
       run = make_solver(method, den, op, path)
       params = dict(ddrm=[(e, 1.0) for e in etas],
                     dps=[(s, 0.0) for s in dps_scales],
@@ -229,6 +230,8 @@ def plot_sweep(sweep, path_png):
     for method in METHODS:
       rows = [r for r in sweep if r['operator'] == op_name
               and r['method'] == method]
+      if not rows:
+        continue
       nfes = sorted({r['nfe'] for r in rows})
       best = [min(r['ratio'] for r in rows if r['nfe'] == k) for k in nfes]
       ax.plot(nfes, best, 'o-', label=method)
@@ -448,7 +451,7 @@ def run(workdir, *, gen_workdir=None, parts=('gmm', 'images'), quick=False,
         sigma_y=0.1, num_y=2, n=1000, m=20000, nfes=(20, 100),
         etas=(0.85, 1.0), dps_scales=(0.3,), pigdm_scales=(1.0,), image_nfe=20, image_sigma_y=0.1,
         image_dps_scales=(0.003, 0.01, 0.03),
-        image_pigdm_scales=(1.0,), num_images=200):
+        image_pigdm_scales=(1.0,), num_images=200, methods=METHODS):
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   out_path = os.path.join(workdir, 'results.json')
@@ -474,6 +477,8 @@ def run(workdir, *, gen_workdir=None, parts=('gmm', 'images'), quick=False,
                     nfes=list(nfes), etas=list(etas),
                     dps_scales=list(dps_scales),
                     pigdm_scales=list(pigdm_scales))
+    if tuple(methods) != METHODS:  # (the default keeps older settings equal)
+      settings['methods'] = list(methods)
     same = results.get('gmm_settings') == settings
     results['gmm_settings'] = settings
 
@@ -530,6 +535,11 @@ def main(argv=None):
   parser.add_argument('--num_samples', type=int, default=1000,
                       help='Posterior samples per method and observation.')
   parser.add_argument('--nfes', default='20,100')
+  parser.add_argument('--etas', default='0.85,1',
+                      help="DDRM's eta values swept on the mixture.")
+  parser.add_argument('--methods', default=','.join(METHODS),
+                      help='Comma list of the mixture methods to run '
+                      '(ddrm, dps, pigdm).')
   parser.add_argument('--image_nfe', type=int, default=20)
   parser.add_argument('--num_images', type=int, default=200,
                       help='Digits test images restored per operator.')
@@ -540,9 +550,14 @@ def main(argv=None):
   bad = set(parts) - {'gmm', 'images'}
   if bad:
     parser.error(f'unknown parts {sorted(bad)}: use gmm, images.')
+  methods = tuple(m for m in args.methods.split(',') if m)
+  if not methods or set(methods) - set(METHODS):
+    parser.error(f'--methods: pick from {", ".join(METHODS)}, got '
+                 f'{args.methods!r}.')
   run(args.workdir, gen_workdir=args.gen_workdir, parts=parts,
       quick=args.quick, sigma_y=args.sigma_y, n=args.num_samples,
       nfes=tuple(int(v) for v in args.nfes.split(',')),
+      etas=tuple(float(v) for v in args.etas.split(',')), methods=methods,
       image_nfe=args.image_nfe, num_images=args.num_images)
 
 

@@ -101,19 +101,22 @@ def _gauss_denoiser(gmm, path):
       x.shape)
 
 
-def test_pigdm_is_exact_for_isotropic_gaussian_prior():
+@pytest.mark.parametrize('which', ['sr_pool', 'inpaint'])
+def test_pigdm_is_exact_for_isotropic_gaussian_prior(which):
   """For x0 ~ N(mu, v I), p(x0 | x_t) = N(x0_hat, r_t^2 I) exactly, so the
   Pi-GDM score equals the score of p_t(x_t | y) = N(alpha m, alpha^2 P +
-  sigma^2 I) (m, P: the exact posterior)."""
+  sigma^2 I) (m, P: the exact posterior), also for a mask (zero singular
+  values)."""
   v, sig_y, d = 0.7, 0.2, 4
   mu = np.array([0.5, -1.0, 0.3, 2.0])
   gmm = GaussianMixture(jnp.ones((1,)), jnp.asarray(mu[None], jnp.float32),
                         jnp.asarray(v * np.eye(d)[None], jnp.float32))
   path = get_path('vp')
-  op = O.AveragePool((d, 1, 1), (2, 1))
+  op = (O.AveragePool((d, 1, 1), (2, 1)) if which == 'sr_pool' else
+        O.Inpainting((d, 1, 1), np.array([1, 0, 1, 0], bool)[:, None, None]))
   y = jnp.asarray([[0.1, 0.9]], jnp.float32).reshape((1,) + op.y_shape)
-  guided = pigdm(_gauss_denoiser(gmm, path), op, jnp.broadcast_to(y, (3, 2, 1,
-                                                                      1)),
+  guided = pigdm(_gauss_denoiser(gmm, path), op,
+                 jnp.broadcast_to(y, (3,) + op.y_shape),
                  path=path, prediction='eps', sigma_y=sig_y, data_var=v)
   x = jax.random.normal(jax.random.key(0), (3, d, 1, 1))
   t = jnp.asarray([0.1, 0.4, 0.8])

@@ -21,6 +21,15 @@ paper's q(x_T | y): ybar + sqrt(sigma~_T^2 - sigma_y^2 / s^2) z where
 s sigma~_T > sigma_y, sigma~_T z elsewhere (the reference code's N(0, I) in
 the VP scaling, to the prior's accuracy).
 
+DDRM is an approximate posterior sampler even with an exact denoiser: the
+denoiser is the unconditional E[x0 | x_t], which sees y only through the
+re-noised coordinates ybar + noise (so where the missing coordinates settle a
+multimodal prior's mode, the observation is still blurred: inpainting a
+separated mixture lands in wrong modes), and eta is a per-step fraction of
+fresh noise, so the chain does not converge to p(x | y) as NFE grows (eta = 1
+even drifts away). For a Gaussian prior its output law is closed form
+(`visgen.inverse.exact.ddrm_gaussian_law`, checked in tests/test_inverse.py).
+
 Paths: every path with alpha(t) > 0 on the grid. VP / DDPM paths (the paper's
 setting), sub-VP, VE / NCSN and EDM (alpha = 1, sigma~ = sigma) run as is;
 rectified flow and GVP have alpha(1) = 0 (sigma~ infinite), so their grid must
