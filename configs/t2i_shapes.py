@@ -38,7 +38,8 @@ samples for test captions, and GenEval-style prompt accuracy
 the scene world's masks + deterministic grouping reads each sample back
 into objects; shape, colour, size, count, position, overall), beside the
 parser's accuracy on real test scenes (the ceiling), on captions with a
-held-out pair, unguided (scale 1) and over CFG scales 1, 2, 3, 5.
+held-out pair, unguided (scale 1) and over CFG scales 0 (the
+unconditional model: null caption), 1, 2, 3, 5.
 `python -m experiments.t2i_report` tabulates and plots them.
 
 Measured: see the README's text-to-image section (the run of record and
@@ -131,7 +132,7 @@ def get_config(arg=None):
   c.eval = dict(features=dict(feature_net='shapes', reference='shapes:test',
                               num_samples=1000, batch=250),
                 prompt_accuracy=dict(num_prompts=200, batch=100,
-                                     scales=(1.0, 2.0, 3.0, 5.0)))
+                                     scales=(0.0, 1.0, 2.0, 3.0, 5.0)))
 
   if arg.runlocal:
     c.total_steps = 4

@@ -32,6 +32,7 @@ def row(name: str, m: dict) -> dict:
       prompt_accuracy_unguided=m['prompt_accuracy_unguided'],
       prompt_accuracy_heldout=m.get('prompt_accuracy_heldout'),
       prompt_accuracy_ceiling=m['prompt_accuracy_ceiling'],
+      prompt_accuracy_latent_ceiling=m.get('prompt_accuracy_latent_ceiling'),
       scale=m.get('prompt_accuracy_scale'),
       cfg={f'{s:g}': m[f'prompt_accuracy_cfg{s:g}'] for s in scales},
       categories={c: m.get(f'prompt_accuracy_{c}') for c in CATEGORIES},
@@ -47,7 +48,8 @@ def row(name: str, m: dict) -> dict:
 def table(rows: list[dict]) -> str:
   scales = sorted({s for r in rows for s in r['cfg']}, key=float)
   head = (['run', 'steps', 'wall clock (min)', 'prompt acc.', 'unguided',
-           'held-out pairs', 'ceiling'] + [f'CFG {s}' for s in scales] +
+           'held-out pairs', 'ceiling', 'latent ceiling'] + [
+               f'CFG {s}' for s in scales] +
           ['shapes-FID (floor)'])
   fmt = lambda v: '—' if v is None else (f'{v:.3g}' if isinstance(
       v, float) else str(v))
@@ -57,7 +59,8 @@ def table(rows: list[dict]) -> str:
     cells = [r['name'], fmt(r['steps']), fmt(wall), fmt(r['prompt_accuracy']),
              fmt(r['prompt_accuracy_unguided']),
              fmt(r['prompt_accuracy_heldout']),
-             fmt(r['prompt_accuracy_ceiling'])]
+             fmt(r['prompt_accuracy_ceiling']),
+             fmt(r.get('prompt_accuracy_latent_ceiling'))]
     cells += [fmt(r['cfg'].get(s)) for s in scales]
     cells.append(f'{fmt(r["shapes_fid"])} ({fmt(r["shapes_fid_floor"])})')
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -84,8 +87,11 @@ def plot(rows: list[dict], path: str) -> None:
             label=r['name'])
   ax.axhline(rows[0]['prompt_accuracy_ceiling'], color='k', ls='--',
              label='parser ceiling (real scenes)')
+  if rows[0].get('prompt_accuracy_latent_ceiling') is not None:
+    ax.axhline(rows[0]['prompt_accuracy_latent_ceiling'], color='0.5',
+               ls='-.', label='latent ceiling (real scenes through the AE)')
   ax.axhline(BOUND, color='r', ls=':', label='bound 0.5')
-  ax.set_xlabel('CFG scale (1 = unguided)')
+  ax.set_xlabel('CFG scale (0 = unconditional, 1 = unguided)')
   ax.set_ylabel('prompt accuracy (overall)')
   ax.set_ylim(0, 1)
   ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16),
