@@ -17,7 +17,9 @@ The recipe is configs/shapes.py's latent diffusion (`config_lib.
 scene_latents`), in one command:
 * Stage 1: the scene autoencoder (configs/autoencoder_shapes.py, f=4,
   8x8x4 latents, batch 16 x 1600 steps) into WORKDIR/stages/autoencoder
-  (`ae=WORKDIR` reuses a trained one instead).
+  (`ae=WORKDIR` reuses a trained one instead; `f=2` trains an f=2 one,
+  16x16x4 latents read by the U-Net as 2x2 patches: measured worse, see
+  the README).
 * Stage 2: the first 50,000 train scenes (held-out pairs filtered out)
   encoded once into WORKDIR/stages/latents, each latent stored with its
   caption (the encoding stage's `fields`).

@@ -27,7 +27,9 @@ def row(name: str, m: dict) -> dict:
   scales = sorted(float(k[len('prompt_accuracy_cfg'):]) for k in m
                   if k.startswith('prompt_accuracy_cfg'))
   return dict(
-      name=name, steps=m.get('steps'), wall_time_s=m.get('wall_time_s'),
+      name=name, steps=m.get('steps', m.get('step')),
+      wall_time_s=m.get('wall_time_s'),
+      train_wall_time_s=m.get('train_wall_time_s'),
       prompt_accuracy=m['prompt_accuracy'],
       prompt_accuracy_unguided=m['prompt_accuracy_unguided'],
       prompt_accuracy_heldout=m.get('prompt_accuracy_heldout'),
@@ -47,7 +49,8 @@ def row(name: str, m: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
   scales = sorted({s for r in rows for s in r['cfg']}, key=float)
-  head = (['run', 'steps', 'wall clock (min)', 'prompt acc.', 'unguided',
+  head = (['run', 'steps', 'training (min)', 'with evaluations (min)',
+           'prompt acc.', 'unguided',
            'held-out pairs', 'ceiling', 'latent ceiling'] + [
                f'CFG {s}' for s in scales] +
           ['shapes-FID (floor)'])
@@ -55,8 +58,9 @@ def table(rows: list[dict]) -> str:
       v, float) else str(v))
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
-    wall = None if r['wall_time_s'] is None else r['wall_time_s'] / 60
-    cells = [r['name'], fmt(r['steps']), fmt(wall), fmt(r['prompt_accuracy']),
+    minutes = lambda k: None if r.get(k) is None else r[k] / 60
+    cells = [r['name'], fmt(r['steps']), fmt(minutes('train_wall_time_s')),
+             fmt(minutes('wall_time_s')), fmt(r['prompt_accuracy']),
              fmt(r['prompt_accuracy_unguided']),
              fmt(r['prompt_accuracy_heldout']),
              fmt(r['prompt_accuracy_ceiling']),
@@ -87,14 +91,16 @@ def plot(rows: list[dict], path: str) -> None:
             label=r['name'])
   ax.axhline(rows[0]['prompt_accuracy_ceiling'], color='k', ls='--',
              label='parser ceiling (real scenes)')
-  if rows[0].get('prompt_accuracy_latent_ceiling') is not None:
-    ax.axhline(rows[0]['prompt_accuracy_latent_ceiling'], color='0.5',
-               ls='-.', label='latent ceiling (real scenes through the AE)')
+  latent = [r['prompt_accuracy_latent_ceiling'] for r in rows
+            if r.get('prompt_accuracy_latent_ceiling') is not None]
+  if latent:  # the first run's that reports one (its autoencoder)
+    ax.axhline(latent[0], color='0.5', ls='-.',
+               label='latent ceiling (real scenes through the AE)')
   ax.axhline(BOUND, color='r', ls=':', label='bound 0.5')
   ax.set_xlabel('CFG scale (0 = unconditional, 1 = unguided)')
   ax.set_ylabel('prompt accuracy (overall)')
   ax.set_ylim(0, 1)
-  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16),
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.22),
             ncol=2)
   ax.set_title('GenEval-style prompt accuracy vs guidance')
   first = rows[0]
@@ -117,21 +123,24 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m experiments.t2i_report')
   p.add_argument('--out', required=True)
-  p.add_argument('runs', nargs='+', help='NAME=WORKDIR, the run of record '
-                 'first')
+  p.add_argument('runs', nargs='+', help='NAME=WORKDIR (or NAME=a metrics '
+                 'JSON file), the run of record first')
   a = p.parse_args(argv)
   rows, dirs = [], []
   for spec in a.runs:
-    name, sep, workdir = spec.partition('=')
+    name, sep, workdir = spec.rpartition('=')  # names may hold '='
     if not sep:
       p.error(f'{spec!r}: give NAME=WORKDIR')
-    path = os.path.join(workdir, 'metrics.json')
+    # A workdir (its metrics.json) or a metrics file itself (e.g. the
+    # eval_<step>.json of `visgen.main --mode=eval`).
+    path = workdir if os.path.isfile(workdir) else os.path.join(
+        workdir, 'metrics.json')
     if not os.path.isfile(path):
       p.error(f'{path} not found: train the run first (python -m '
               'visgen.main --config=configs/t2i_shapes.py --workdir=...)')
     with open(path) as f:
       rows.append(row(name, json.load(f)))
-    dirs.append(workdir)
+    dirs.append(os.path.dirname(path))
   os.makedirs(a.out, exist_ok=True)
   with open(os.path.join(a.out, 'results.json'), 'w') as f:
     json.dump(dict(rows=rows, bound=BOUND), f, indent=1)
