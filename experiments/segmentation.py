@@ -4,7 +4,8 @@ r"""Segmentation of scene-world images from a generator's self-attention.
       [--digits_generator=workdirs/quickstart] [--num=200] [--tune=40] \
       [--probe_train=1000] [--probe_test=297]
 
-GEN_WORKDIR is any trained workdir of a 32x32 `shapes` generator whose model
+GEN_WORKDIR is any trained workdir of a 32x32 `shapes` generator (pixel or
+latent: a latent one sees the scene through its frozen autoencoder) whose model
 has self-attention (e.g. configs/t2i_shapes.py: U-Net attention at 8x8, 4x4
 and in the middle). For each held-out test scene x0, the generator sees
 x_t = alpha(t) x0 + sigma(t) eps with the unconditional (null) condition;
@@ -72,10 +73,22 @@ def _scenes(split, num, res):
           np.array([int(e['label']) for e in ex]))
 
 
+def image_side(b) -> int:
+  """The scenes' side: the task's x_shape, or for a latent generator the
+  image shape of its autoencoder (attention maps are upsampled to it)."""
+  codec = getattr(b.task, 'codec', None)
+  return int((codec.image_shape if codec is not None else
+              b.task.x_shape)[0])
+
+
 def _noised(b, images, t, key):
   """(x_t, t, unconditional cond) of uint8 images at time t."""
   task = b.task
-  x0 = task.to_x0({'image': images}, b.frozen.params)  # the model's space
+  if getattr(task, 'codec', None) is not None:
+    # A latent generator: the scene through its frozen autoencoder.
+    x0 = task.codec.encode(b.frozen.params, images)
+  else:
+    x0 = task.to_x0({'image': images}, b.frozen.params)  # the model's space
   n = x0.shape[0]
   tt = jnp.full((n,), t)
   x_t = task.path.sample_xt(x0=x0, eps=jax.random.normal(key, x0.shape),
@@ -277,7 +290,7 @@ def main(argv=None):
   if 'remat' in config.model:
     config.model.remat = False  # capture needs one trace (same params)
   b, state, step = builder.restore(config, a.generator)
-  res = int(config.task.x_shape[0])
+  res = image_side(b)
   run = _attention_fn(b, state)
   key = jax.random.key(0)
 

@@ -348,13 +348,20 @@ class GenerationTask:
 
   # -- Evaluation hooks -----------------------------------------------------
 
+  def likelihood_cond(self, frozen, batch: dict, n: int) -> dict:
+    """The condition `bits_per_dim` scores under: the null class (the
+    unconditional model) for class-conditional models."""
+    del frozen, batch
+    return ({'label': jnp.full((n,), self.num_classes, jnp.int32)}
+            if self.num_classes else {})
+
   def bits_per_dim(self, params, frozen, batch: dict, key: jax.Array, *,
                    num_steps: int = 50,
                    divergence: str = 'hutchinson') -> jax.Array:
     """Bits/dim (B,) of a held-out uint8 image batch under the
-    probability-flow ODE (unconditional: the null class), an upper bound
-    through uniform dequantisation (`evaluators.bits_per_dim`)."""
-    del frozen
+    probability-flow ODE with the condition `likelihood_cond` (here
+    unconditional: the null class), an upper bound through uniform
+    dequantisation (`evaluators.bits_per_dim`)."""
     images = batch[self.data_key]
     if self.codec is not None:
       raise ValueError('bits_per_dim is not defined for latent tasks (a '
@@ -365,8 +372,7 @@ class GenerationTask:
     k_deq, k_nll = jax.random.split(key)
     y = bpd_lib.dequantize(images, k_deq)
     x = y.reshape(y.shape[0], -1) if self.flatten else y
-    cond = ({'label': jnp.full((x.shape[0],), self.num_classes, jnp.int32)}
-            if self.num_classes else {})
+    cond = self.likelihood_cond(frozen, batch, x.shape[0])
     logp, _ = likelihood.ode_log_likelihood(
         self.network(params), x, path=self.path, prediction=self.prediction,
         cond=cond, divergence=divergence, key=k_nll, num_steps=num_steps)

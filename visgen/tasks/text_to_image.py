@@ -288,6 +288,8 @@ class TextToImageTask(generation.GenerationTask):
     shape = self.x_shape if self.codec is None else self.codec.image_shape
     return base.array_media(samples, cond, x_shape=shape)
 
-  def bits_per_dim(self, *args, **kwargs):
-    raise NotImplementedError('bits_per_dim is not defined for '
-                              'text_to_image yet.')
+  def likelihood_cond(self, frozen, batch: dict, n: int) -> dict:
+    """bits_per_dim scores log p(x | caption): each image's own caption,
+    never dropped."""
+    del n
+    return self.train_cond(frozen, batch, None)
