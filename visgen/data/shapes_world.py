@@ -84,14 +84,24 @@ class ShapesWorldSource(indexed.IndexedSource):
   Keys: 'image' (frame 0), 'video' uint8 (T, H, W, 3), 'actions' int32
   (T - 1,) where actions[t] moves frame t to frame t + 1, 'camera' int32
   (T, 2) top-left (x, y) per frame, 'semantic_masks' uint8 (T, H, W, 1).
+
+  Actions are uniform over ACTIONS; with `persistence` p > 0 each action
+  after the first repeats the previous one with probability p (else it is
+  drawn uniformly), so trajectories travel instead of jittering in place
+  (world-model training data, `configs/world_shapes.py`). p = 0 draws
+  exactly the same trajectories as before the option existed.
   """
 
   def __init__(self, *, split: str = 'train', resolution: int = 32,
                seed: int = 0, num_examples: int | None = None,
-               num_frames: int = 8, map_factor: int = 4):
+               num_frames: int = 8, map_factor: int = 4,
+               persistence: float = 0.0):
     shapes.split_rng(split, seed, 0)
+    if not 0.0 <= float(persistence) <= 1.0:
+      raise ValueError(f'persistence must be in [0, 1], got {persistence}.')
     self.split, self.resolution, self.seed = split, resolution, seed
     self.num_frames, self.map_factor = num_frames, map_factor
+    self.persistence = float(persistence)
     self.num_examples = num_examples or shapes.DEFAULT_SIZE[split]
 
   # The source lives as long as its pipeline; the cache is bounded.
@@ -108,6 +118,11 @@ class ShapesWorldSource(indexed.IndexedSource):
     rng = shapes.split_rng(self.split, self.seed + 32_452_843, index)
     cam = w.clamp(rng.integers(0, w.size - self.resolution + 1, size=2))
     actions = rng.integers(len(ACTIONS), size=self.num_frames - 1)
+    if self.persistence > 0:  # Extra draws only here: p = 0 is unchanged.
+      keep = rng.random(size=actions.shape) < self.persistence
+      for i in range(1, len(actions)):
+        if keep[i]:
+          actions[i] = actions[i - 1]
     cams = [cam]
     for a in actions:
       cams.append(w.step(cams[-1], a))

@@ -9,6 +9,15 @@ block's time offset. Conditioning (`cond_keys`):
   'first_frame'  (B, H, W, C) the given first frame (image-to-video),
                  concatenated to every frame's channels (SVD-style); the null
                  condition is all zeros.
+  'actions'      (B, T) int per-frame actions (world models, `num_actions`
+                 > 0): the action taken just before each frame, embedded by
+                 a table with a null row `num_actions` and added to that
+                 frame's adaLN conditioning (mean over a time patch's
+                 frames), so the conditioning has one group per token-frame.
+  'prev_frames'  (B, T, H, W, C) a context frame per frame (`prev_frame`):
+                 world models give each block the last frame of the block
+                 before it (zeros for the first), concatenated to the
+                 frame's channels, so local motion is a short-range copy.
 
 Block-causal mode (`block_frames=F`): frames are blocks of F; tokens attend
 to their own block and every earlier one, and t may be given per block
@@ -105,6 +114,7 @@ class VideoDiT(nnx.Module):
                depth: int = 6, heads: int = 4, mlp_ratio: float = 2.5,
                attention: str = 'linear', ffn: str = 'mix', rope: bool = True,
                num_classes: int = 0, first_frame: bool = False,
+               num_actions: int = 0, prev_frame: bool = False,
                block_frames: int | None = None, t_scale: float = 1000.0,
                dtype: Any = jnp.float32, remat: bool = False):
     pt, ph, pw = patch = tuple(int(p) for p in patch)
@@ -132,15 +142,20 @@ class VideoDiT(nnx.Module):
     self.attention, self.rope, self.remat = attention, rope, remat
     self.block_frames = block_frames
     self.num_classes, self.first_frame = num_classes, first_frame
+    self.num_actions, self.prev_frame = num_actions, prev_frame
     self.cond_keys = (('label',) if num_classes > 0 else ()) + (
-        ('first_frame',) if first_frame else ())
-    cin = in_channels * (2 if first_frame else 1)
+        ('first_frame',) if first_frame else ()) + (
+            ('actions',) if num_actions > 0 else ()) + (
+                ('prev_frames',) if prev_frame else ())
+    cin = in_channels * (1 + int(first_frame) + int(prev_frame))
     self.x_embed = layers.Dense(pt * ph * pw * cin, width, rngs=rngs,
                                 axes=('conv_in', 'embed'), dtype=dtype)
     self.t_embed = layers.TimestepEmbedder(width, rngs=rngs, t_scale=t_scale,
                                            dtype=dtype)
     self.y_embed = (layers.LabelEmbedder(num_classes, width, rngs=rngs)
                     if num_classes > 0 else None)
+    self.a_embed = (layers.LabelEmbedder(num_actions, width, rngs=rngs)
+                    if num_actions > 0 else None)
     self.blocks = nnx.List([
         VideoDiTBlock(width, heads, rngs=rngs, attention=attention, ffn=ffn,
                       mlp_ratio=mlp_ratio, dtype=dtype)
@@ -171,6 +186,12 @@ class VideoDiT(nnx.Module):
         raise ValueError(f"cond['first_frame'] must be (B, H, W, C) = "
                          f'{(b, h, w, ch)}, got {ff.shape}.')
       x = jnp.concatenate([x, jnp.broadcast_to(ff[:, None], x.shape)], -1)
+    if self.prev_frame:
+      pf = jnp.asarray(cond['prev_frames'], jnp.float32)
+      if pf.shape != (b, t, h, w, ch):
+        raise ValueError(f"cond['prev_frames'] must be (B, T, H, W, C) = "
+                         f'{(b, t, h, w, ch)}, got {pf.shape}.')
+      x = jnp.concatenate([x, pf], -1)
     grid = (t // pt, h // ph, w // pw)
     c_in = x.shape[-1]
     x = x.reshape(b, grid[0], pt, grid[1], ph, grid[2], pw, c_in)
@@ -187,6 +208,22 @@ class VideoDiT(nnx.Module):
     if self.y_embed is not None:
       c = c + self.y_embed(cond['label'])[:, None]
     return c
+
+  def _add_actions(self, c, cond, frames):
+    """c (B, G, D) -> (B, frames, D): each group's conditioning repeated
+    over its token-frames plus each token-frame's action embedding (c as
+    is without actions)."""
+    if self.a_embed is None:
+      return c
+    b, g, d = c.shape
+    pt = self.patch[0]
+    a = jnp.asarray(cond['actions'], jnp.int32)
+    if a.shape != (b, frames * pt):
+      raise ValueError(f"cond['actions'] must be (B, T) = "
+                       f'{(b, frames * pt)} (one action per frame), got '
+                       f'{a.shape}.')
+    e = self.a_embed(a.reshape(-1)).reshape(b, frames, pt, d).mean(2)
+    return jnp.repeat(c, frames // g, axis=1) + e
 
   def _unembed(self, x, c, grid, shape):
     shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)), 2, axis=-1)
@@ -230,6 +267,7 @@ class VideoDiT(nnx.Module):
           f't of shape {jnp.shape(t)} gives {groups} per-block times; this '
           f'needs block_frames set and {x_t.shape[1]} frames to be '
           f'{groups} blocks of block_frames={self.block_frames}.')
+    c = self._add_actions(c, cond, grid[0])
     angles = self._angles(grid)
     run = self._maybe_remat(
         lambda blk, x, c: blk(x, c, grid, angles=angles, block_len=block_len))
@@ -265,6 +303,7 @@ class VideoDiT(nnx.Module):
     if c.shape[1] != 1:
       raise ValueError(f'step takes one time per sample (B,), got '
                        f'{jnp.shape(t)}.')
+    c = self._add_actions(c, cond, grid[0])
     angles = self._angles(grid, state['pos'])
     new_s, new_z = [], []
     for i, blk in enumerate(self.blocks):
