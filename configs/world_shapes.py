@@ -76,7 +76,7 @@ def get_config(arg=None):
     c.ckpt_every = 3
     c.data = dict(name='shapes_world', resolution=8, num_frames=4,
                   persistence=arg.persistence, num_examples=32,
-                  batch_size=4)
+                  batch_size=8)
     c.task.x_shape = (4, 8, 8, 3)
     c.model.update(num_frames=4, input_size=8, width=16, depth=1, heads=1)
     c.sampler.steps = 2
