@@ -50,6 +50,21 @@ from visgen.tasks import image_cond
 from visgen.validate import UserError
 
 
+def heun_block(velocity, x, steps: int):
+  """One block denoised from t = 1 to 0: `steps` Heun steps on a uniform
+  grid (Euler on the last, t = 0), `velocity(x, t)` the (guided) field."""
+  ts = jnp.linspace(1.0, 0.0, steps + 1)
+
+  def body(i, x):
+    t0, t1 = ts[i], ts[i + 1]
+    d1 = velocity(x, t0)
+    x_e = x + (t1 - t0) * d1
+    d2 = velocity(x_e, t1)
+    return jnp.where(t1 > 0, x + (t1 - t0) * 0.5 * (d1 + d2), x_e)
+
+  return jax.lax.fori_loop(0, steps, body, x)
+
+
 class VideoTask(generation.GenerationTask):
   """Class-conditional / image-to-video generation (module docstring)."""
 
@@ -254,17 +269,7 @@ class VideoTask(generation.GenerationTask):
       u, _ = self.apply(params, x, tb, null, state=state)
       return u + guidance * (v - u)
 
-    ts = jnp.linspace(1.0, 0.0, steps + 1)
-
-    def body(i, x):
-      t0, t1 = ts[i], ts[i + 1]
-      d1 = velocity(x, t0)
-      x_e = x + (t1 - t0) * d1
-      d2 = velocity(x_e, t1)
-      return jnp.where(t1 > 0, x + (t1 - t0) * 0.5 * (d1 + d2), x_e)
-
-    x = jax.random.normal(key, (n, f) + shape)
-    x = jax.lax.fori_loop(0, steps, body, x)
+    x = heun_block(velocity, jax.random.normal(key, (n, f) + shape), steps)
     if self.first_frame:  # The given frame is frame 0 of the video.
       x = jnp.where(first, x.at[:, 0].set(cond['first_frame']), x)
     x = jnp.clip(x, -1.0, 1.0)

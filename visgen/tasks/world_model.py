@@ -156,17 +156,9 @@ class WorldModelTask(video.VideoTask):
       u, _ = self.apply(params, x, tb, null, state=state)
       return u + guidance * (v - u)
 
-    ts = jnp.linspace(1.0, 0.0, steps + 1)
-
-    def body(i, x):
-      t0, t1 = ts[i], ts[i + 1]
-      d1 = velocity(x, t0)
-      x_e = x + (t1 - t0) * d1
-      d2 = velocity(x_e, t1)
-      return jnp.where(t1 > 0, x + (t1 - t0) * 0.5 * (d1 + d2), x_e)
-
-    x = jax.random.normal(key, (n, f) + self.x_shape[1:])
-    x = jnp.clip(jax.lax.fori_loop(0, steps, body, x), -1.0, 1.0)
+    x = video.heun_block(velocity, jax.random.normal(
+        key, (n, f) + self.x_shape[1:]), steps)
+    x = jnp.clip(x, -1.0, 1.0)
     return x, self.commit_block(params, state, prev_last, x, actions_block)
 
   def rollout_scan(self, params, context, context_actions, actions, key,
