@@ -99,3 +99,23 @@ def test_block_causal_loss_and_constant_state_rollout():
       jnp.shape, task.zero_state(2))
   with pytest.raises(UserError, match='multiple'):
     task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=5)
+  # Continuation of given frames: they are returned and condition the rest.
+  ctx = np.asarray(task.clip(batch))[:, :2]
+  y, st = task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=6,
+                       guidance=2.0, steps=2, return_state=True, context=ctx)
+  np.testing.assert_array_equal(y[:, :2], ctx)
+  assert int(st['pos']) == 3
+  # adaLN-Zero makes the initial network constant: perturb every weight.
+  leaves, tdef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  params = jax.tree.unflatten(tdef, [
+      l + 0.1 * jax.random.normal(k, l.shape, l.dtype)
+      for l, k in zip(leaves, keys)])
+  y = task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=6,
+                   guidance=2.0, steps=2, context=ctx)
+  y2 = task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=6,
+                    guidance=2.0, steps=2, context=-ctx)
+  assert np.abs(y2[:, 2:] - y[:, 2:]).max() > 1e-4  # The context is read.
+  with pytest.raises(UserError, match='context'):
+    task.rollout(params, cond, jax.random.PRNGKey(1), num_frames=6,
+                 context=ctx[:, :1])

@@ -211,9 +211,14 @@ class VideoTask(generation.GenerationTask):
 
   def rollout(self, params, cond: dict, key: jax.Array, *, num_frames: int,
               guidance: Any = 1.0, steps: int | None = None,
-              return_state: bool = False):
+              return_state: bool = False, context=None):
     """num_frames frames, block by block with a constant-size state (module
-    docstring); returns (B, num_frames, H, W, C) in [-1, 1] (host numpy)."""
+    docstring); returns (B, num_frames, H, W, C) in [-1, 1] (host numpy).
+
+    `context` (B, K, H, W, C) in [-1, 1], K a multiple of block_frames:
+    given first frames (video continuation, the physics check's setting);
+    they are committed to the state block by block (one t = 0 pass each,
+    as generated blocks are) and returned as the first K frames."""
     f = self.block_frames
     if f is None:
       raise UserError('rollout needs a block-causal model and task: set '
@@ -230,15 +235,33 @@ class VideoTask(generation.GenerationTask):
       raise UserError("Image-to-video rollout needs cond['first_frame'].")
     cond = {k: jnp.asarray(v) for k, v in cond.items()}
     n = int(next(iter(cond.values())).shape[0]) if cond else 1
+    n_ctx = 0
+    if context is not None:
+      context = jnp.asarray(context, jnp.float32)
+      if (context.ndim != 5 or context.shape[0] != n
+          or tuple(context.shape[2:]) != self.x_shape[1:]
+          or context.shape[1] % f or context.shape[1] > num_frames):
+        raise UserError(
+            f'rollout context has shape {tuple(context.shape)}; expected '
+            f'({n}, K) + {self.x_shape[1:]} with K a multiple of '
+            f'block_frames {f} and K <= num_frames {num_frames}.')
+      n_ctx = context.shape[1] // f
     steps = int(steps or dict(self.sampler_cfg)['steps'])
     if not hasattr(self, '_rollout_block'):
       self._rollout_block = jax.jit(self._block_fn, static_argnums=(6,))
+      self._commit_block = jax.jit(
+          lambda p, s, x, c: self.apply(p, x, jnp.zeros((x.shape[0],)), c,
+                                        state=s)[1])
     state = self.zero_state(n)
     frames = []
     for i, k in enumerate(jax.random.split(key, num_frames // f)):
-      x, state = self._rollout_block(params, state, k, cond,
-                                     jnp.asarray(guidance, jnp.float32),
-                                     jnp.asarray(i == 0), (n, steps))
+      if i < n_ctx:
+        x = context[:, i * f:(i + 1) * f]
+        state = self._commit_block(params, state, x, cond)
+      else:
+        x, state = self._rollout_block(params, state, k, cond,
+                                       jnp.asarray(guidance, jnp.float32),
+                                       jnp.asarray(i == 0), (n, steps))
       frames.append(np.asarray(x))
     out = np.concatenate(frames, axis=1)
     return (out, state) if return_state else out
