@@ -24,6 +24,14 @@ model barely follows its actions (`--cfg_sweep` of `python -m visgen.world
 --eval`; the README's world-model section has the trade-off).
 Trained for 2800 steps of batch 8 (about 10 minutes on 2 CPU cores).
 
+Self-forcing (`:sf=1[,sf_examples=4,sf_steps=2]`, usually as a fine-tune
+`:init=DIR,steps=N,sf=1`): the first sf_examples clips of every batch are
+also rolled out by the model itself from their real first frame under
+their real actions (sf_steps Heun steps per block with CFG, parameters
+stopped), and the loss on one random block given that generated history
+against the real frame is added with weight sf
+(`WorldModelTask.self_forced_loss`).
+
 `:runlocal` is a tiny 8x8 variant for tests (a few steps).
 """
 
@@ -35,7 +43,8 @@ def get_config(arg=None):
                              res=16, frames=8, block=1, width=64, depth=4,
                              heads=2, lr=2e-3, persistence=0.5,
                              prev_frame=True, sampler_steps=8,
-                             cfg_scale=8.0)
+                             cfg_scale=8.0, sf=0.0, sf_examples=4,
+                             sf_steps=2, init='')
   c = config_lib.base_config()
   c.seed = 0
   c.total_steps = arg.steps
@@ -51,6 +60,11 @@ def get_config(arg=None):
                                              3),
                 block_frames=arg.block, num_actions=5, action_dropout=0.1,
                 prev_frame=arg.prev_frame)
+  if arg.sf > 0:  # Self-forcing: also train on the model's own rollouts.
+    c.task.self_forcing = dict(weight=arg.sf, examples=arg.sf_examples,
+                               steps=arg.sf_steps)
+  if arg.init:  # Fine-tune a trained world model (e.g. with sf > 0).
+    c.init_from = dict(source='workdir:' + arg.init, weights='ema')
   c.model = dict(name='video_dit', num_frames=arg.frames,
                  input_size=arg.res, in_channels=3, patch=(1, 4, 4),
                  width=arg.width, depth=arg.depth, heads=arg.heads,

@@ -182,6 +182,77 @@ def test_action_conditioned_rollout_equals_full_forward():
   np.testing.assert_allclose(other[:, :2], full[:, :2], atol=1e-5)
 
 
+@pytest.fixture
+def fast_compile():
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
+
+
+def test_self_forced_prediction_is_the_stepwise_rollout_and_trains(
+    fast_compile):
+  del fast_compile
+  from flax import nnx
+  from visgen import models
+  c = _config('runlocal,sf=1,sf_examples=2,sf_steps=1')
+  assert dict(c.task.self_forcing) == dict(weight=1.0, examples=2, steps=1)
+  kw = {k: v for k, v in dict(c.model).items() if k != 'name'}
+  graphdef, params = models.split_model(
+      models.get_model('video_dit', rngs=nnx.Rngs(0), **kw))
+  leaves, tree = jax.tree.flatten(params)  # Past adaLN-Zero's zeros.
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  task = world_model.WorldModelTask(c, apply=models.make_apply(graphdef))
+  rng = np.random.default_rng(0)
+  history = jnp.asarray(rng.uniform(-1, 1, (2, 4, 8, 8, 3)), jnp.float32)
+  acts = jnp.asarray([[5, 1, 4, 3], [5, 0, 2, 2]], jnp.int32)
+  blocks = jnp.asarray([1, 3])
+  x_t = jnp.asarray(rng.normal(size=(2, 1, 8, 8, 3)), jnp.float32)
+  t = jnp.asarray([0.3, 0.8])
+
+  @jax.jit
+  def both(params):
+    pred = task.predict_after_history(task.network(params), history, acts,
+                                      blocks, x_t, t)
+    refs = []  # The inference path: history committed block by block.
+    for i, c_i in enumerate((1, 3)):
+      state, prev = task.zero_state(1), jnp.zeros_like(history[:1, 0])
+      for j in range(c_i):
+        state = task.commit_block(params, state, prev,
+                                  history[i:i + 1, j:j + 1],
+                                  acts[i:i + 1, j:j + 1])
+        prev = history[i:i + 1, j]
+      refs.append(task.apply(
+          params, x_t[i:i + 1], t[i:i + 1],
+          task.block_cond(prev, acts[i:i + 1, c_i:c_i + 1]),
+          state=state)[0][0])
+    return pred, jnp.stack(refs)
+
+  pred, ref = both(params)
+  np.testing.assert_allclose(pred, ref, atol=2e-5)
+  # The loss adds the self-forced term, and it has a gradient.
+  batch = {'video': jnp.asarray(rng.integers(0, 256, (4, 4, 8, 8, 3)),
+                                jnp.uint8),
+           'actions': jnp.asarray(rng.integers(0, 5, (4, 3)), jnp.int32)}
+  key = jax.random.PRNGKey(2)
+  plain = world_model.WorldModelTask(_config(), apply=task.apply)
+
+  def extra(p):  # The self-forced term of the loss: weight 1 * sf loss.
+    total, aux, _ = task.loss(p, {}, {}, batch, key)
+    return total - plain.loss(p, {}, {}, batch, key)[0], aux['sf_mse']
+
+  (sf_loss, sf_mse), grads = jax.jit(jax.value_and_grad(
+      extra, has_aux=True))(params)
+  assert sf_mse.shape == (2,)
+  np.testing.assert_allclose(sf_loss, jnp.mean(sf_mse), rtol=1e-4)
+  assert float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads))) > 0
+  bad = _config('runlocal,sf=1')
+  bad.task.self_forcing = dict(weight=1.0, example=2)
+  with pytest.raises(UserError, match='unknown keys'):
+    world_model.WorldModelTask(bad)
+
+
 # -- Trained runlocal workdir: CLI, evaluation, server ------------------------
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from visgen import media as media_lib
 from visgen.data import preprocess
+from visgen.objectives import loss as loss_lib
 from visgen.tasks import base
 from visgen.tasks import image_cond
 from visgen.tasks import video
@@ -84,6 +85,27 @@ class WorldModelTask(video.VideoTask):
                       'config.prediction=velocity.')
     self.null_action = self.num_actions
     self.batch_keys = ('video', 'actions')
+    sf = dict(t.get('self_forcing') or {})
+    unknown = set(sf) - {'weight', 'examples', 'steps', 'guidance'}
+    if unknown:
+      raise UserError(f'config.task.self_forcing has unknown keys '
+                      f'{sorted(unknown)}; valid: weight, examples, steps, '
+                      'guidance.')
+    self.self_forcing = None
+    if sf and float(sf.get('weight', 1.0)) > 0:
+      self.self_forcing = dict(
+          weight=float(sf.get('weight', 1.0)),
+          examples=int(sf.get('examples', 4)), steps=int(sf.get('steps', 2)),
+          guidance=float(sf.get('guidance', dict(self.sampler_cfg).get(
+              'cfg_scale', 1.0))))
+      if self.x_shape[0] // self.block_frames < 2:
+        raise UserError('Self-forcing needs clips of at least two blocks.')
+      if self.time_dist.stateful:
+        raise UserError('Self-forcing supports stateless time '
+                        'distributions only (not importance sampling).')
+      if self.self_forcing['examples'] < 1 or self.self_forcing['steps'] < 1:
+        raise UserError('config.task.self_forcing examples and steps must '
+                        'be >= 1.')
 
   # -- Batch -> (x0, cond) ----------------------------------------------------
 
@@ -121,6 +143,87 @@ class WorldModelTask(video.VideoTask):
                                           jnp.uint8),
             'actions': jax.ShapeDtypeStruct(
                 (batch_size, self.x_shape[0] - 1), jnp.int32)}
+
+  # -- Training: diffusion forcing (+ self-forcing) ---------------------------
+
+  def loss(self, params, frozen, task_state, batch, key):
+    """VideoTask's diffusion-forcing loss; with `config.task.self_forcing`
+    plus weight * `self_forced_loss` on the batch's first clips."""
+    loss, aux, task_state = super().loss(params, frozen, task_state, batch,
+                                         key)
+    if self.self_forcing is None:
+      return loss, aux, task_state
+    sf_loss, sf_mse = self.self_forced_loss(params, batch,
+                                            jax.random.fold_in(key, 17))
+    aux = dict(aux, sf_mse=sf_mse)
+    return loss + self.self_forcing['weight'] * sf_loss, aux, task_state
+
+  def self_forced_loss(self, params, batch, key):
+    """Training on the model's own rollouts (Self Forcing, Huang et al.
+    2025, with a ground-truth target instead of a distribution loss).
+
+    The first m = `examples` clips are rolled out by the model itself from
+    their real first block under their real actions, exactly as at
+    inference (`rollout_scan`: `steps` Heun steps per block, classifier-free
+    guidance at `guidance`, each block committed at t = 0), with the
+    parameters behind a stop-gradient. For each clip one target block c in
+    1 .. nb - 1 is drawn; the network sees the GENERATED blocks < c clean
+    (t = 0, and the generated last frame of block c - 1 as its previous
+    frame), block c noised from the REAL block at the loss's t, and the
+    loss is the unified loss on block c against the real block: the world
+    seen after the commanded actions. The model so learns to continue its
+    own, imperfect history towards the true views (the train-test gap of
+    teacher-forced diffusion forcing). Blocks after c do not reach block c
+    (block-causal attention; each frame's Mix-FFN is per frame).
+
+    Returns (scalar loss, per-example mse)."""
+    sf = self.self_forcing
+    f = self.block_frames
+    n_frames = self.x_shape[0]
+    nb = n_frames // f
+    clip = self.clip(batch)
+    m = min(sf['examples'], clip.shape[0])
+    clip = clip[:m]
+    acts = self.frame_actions(batch['actions'])[:m]
+    k_roll, k_c, k_drop, k_loss, k_model = jax.random.split(key, 5)
+    gen = self.rollout_scan(jax.lax.stop_gradient(params), clip[:, :f],
+                            acts[:, :f], acts[:, f:], k_roll,
+                            jnp.float32(sf['guidance']), sf['steps'])
+    gen = jax.lax.stop_gradient(gen)
+    c = jax.random.randint(k_c, (m,), 1, nb)
+    a = acts
+    if self.action_dropout > 0:
+      drop = jax.random.bernoulli(k_drop, self.action_dropout, a.shape)
+      a = jnp.where(drop, self.null_action, a)
+    x0_c = clip.reshape((m, nb, f) + self.x_shape[1:])[jnp.arange(m), c]
+    net = self.network(params, rngs=k_model, train=True)
+    loss, aux = loss_lib.unified_loss(
+        lambda x_t, t, _: self.predict_after_history(net, gen, a, c, x_t, t),
+        x0=x0_c, cond=None, key=k_loss, path=self.path,
+        prediction=self.prediction, weighting=self.weighting,
+        time_dist=self.time_dist)
+    return loss, aux['mse']
+
+  def predict_after_history(self, net, history, actions, c, x_t, t):
+    """The network's prediction for block c (per example, (m,)) at time t
+    (m,) from x_t (m, F, H, W, C), given the clean `history` (m, T, H, W,
+    C) before block c (later frames are ignored) and per-frame `actions`
+    (m, T): one block-causal forward with the past at t = 0."""
+    f, n_frames = self.block_frames, self.x_shape[0]
+    nb, m = n_frames // f, x_t.shape[0]
+    blk = jnp.arange(n_frames) // f                         # frame -> block
+    past = (blk[None] < c[:, None])[..., None, None, None]  # (m, T, 1, 1, 1)
+    here = (blk[None] == c[:, None])[..., None, None, None]
+    x_in = jnp.where(here, jnp.tile(x_t, (1, nb, 1, 1, 1)),
+                     jnp.where(past, history, 0.0))
+    bidx = jnp.arange(nb)[None]
+    t_blocks = jnp.where(bidx < c[:, None], 0.0,
+                         jnp.where(bidx == c[:, None], t[:, None], 1.0))
+    cond = {'actions': actions}
+    if self.prev_frame:
+      cond['prev_frames'] = self.prev_frames(jnp.where(past, history, 0.0))
+    out = net(x_in, t_blocks, cond)
+    return out.reshape((m, nb, f) + self.x_shape[1:])[jnp.arange(m), c]
 
   # -- One block of the rollout (pure, jittable) ------------------------------
 
