@@ -141,27 +141,32 @@ def test_tracker_recovers_true_positions(clips):
 def test_physics_error_real_is_floor_and_broken_motion_is_not(clips):
   c = clips
   real = vm.physics_error(c['video'], c['positions'], context_frames=2,
-                          objects=c['objects'])
+                          objects=c['objects'], real_videos=c['video'])
   assert real['error_px'] < 0.35 and real['lost_fraction'] < 0.01
+  assert real['real_error_px'] == real['error_px']
   assert len(real['error_by_frame_px']) == 6
+  assert len(real['bounce_by_frame_px']) == 6
   # Exact bounce physics from the context beats the naive baselines.
-  assert real['bounce_px'] < real['constant_velocity_px']
-  assert real['bounce_px'] < real['static_px']
+  assert real['bounce_error_px'] < real['constant_velocity_error_px']
+  assert real['bounce_error_px'] < real['static_error_px']
   for how in ('frozen', 'reversed'):
     bad = vm.physics_error(vm.degrade(c['video'], how, context_frames=2),
                            c['positions'], context_frames=2,
-                           objects=c['objects'])
+                           objects=c['objects'], real_videos=c['video'])
     assert bad['error_px'] > 5 * real['error_px'], how
-    assert bad['static_px'] == real['static_px']  # baselines: truth only
+    assert bad['real_error_px'] == real['error_px']
+    # Baselines come from the truth only.
+    assert bad['static_error_px'] == real['static_error_px']
   # Frozen clips are the static baseline, up to the tracker's error.
   frozen = vm.physics_error(vm.degrade(c['video'], 'frozen'),
                             c['positions'], context_frames=2,
                             objects=c['objects'])
-  assert abs(frozen['error_px'] - real['static_px']) < 0.5
-  # Without `objects`: colours read from the context frames.
+  assert abs(frozen['error_px'] - real['static_error_px']) < 0.5
+  # Without `objects`: colours read from the context frames, centroids.
   guess = vm.physics_error(c['video'], c['positions'], context_frames=1)
-  assert guess['error_px'] < 1.0 and guess['bounce_px'] is None
-  assert guess['constant_velocity_px'] is None  # needs 2 context frames
+  assert guess['error_px'] < 1.0 and guess['bounce_error_px'] is None
+  assert guess['constant_velocity_error_px'] is None  # needs k >= 2
+  assert 'real_error_px' not in guess
 
 
 def test_lost_objects_are_penalised(clips):
@@ -191,6 +196,8 @@ def test_bad_inputs_are_user_errors(tiny_net, clips):
     vm.physics_error(v, c_pos := clips['positions'], context_frames=8)
   with pytest.raises(validate.UserError, match='true_positions'):
     vm.physics_error(v, c_pos[:, :4], context_frames=2)
+  with pytest.raises(validate.UserError, match='real_videos'):
+    vm.physics_error(v, c_pos, context_frames=2, real_videos=v[:3])
   with pytest.raises(validate.UserError, match='objects'):
     vm.physics_error(v, c_pos, context_frames=2, objects=clips['objects'][:3])
   with pytest.raises(validate.UserError, match='split'):

@@ -86,12 +86,15 @@ the frame side (8 px at 16x16; about the mean distance 0.52 side between
 two uniform points in the frame, the error of a guess anywhere) in
 `error_px`; `error_tracked_px` averages the found ones only and
 `lost_fraction` counts the lost. Baselines from the true context
-positions over the same object-frames: `static_px` (frozen at frame k-1),
-`constant_velocity_px` (p[k-1] + (t - k + 1)(p[k-1] - p[k-2]), bounces
-ignored; k >= 2) and `bounce_px` (the same velocity reflected elastically
+positions over the same object-frames: `static_error_px` (frozen at frame
+k-1), `constant_velocity_error_px` (p[k-1] + (t - k + 1)(p[k-1] -
+p[k-2]), bounces ignored; k >= 2) and `bounce_error_px` (the same velocity
+reflected elastically
 at the walls [r, side - r], the world's own physics; exact unless a bounce
-falls inside the context; needs `objects`). `physics_floor` is
-`physics_error` of the real clips themselves.
+falls inside the context; needs `objects`), each also per frame
+(`*_by_frame_px`). With `real_videos`, the same tracking of the real clips
+gives the floor (`real_error_px`, ...); `physics_floor(n)` is that floor
+for the first n test clips.
 
 Measured (`--floor`, n = 500, 16x16x8, seed 0; see
 experiments/results/video/video_metrics_floor.json): MEASURED_PLACEHOLDER
@@ -711,31 +714,57 @@ def true_visible(true_positions, objects, resolution: int) -> np.ndarray:
   return out
 
 
+def _summary(err_TxK: np.ndarray, mask: np.ndarray, name: str) -> dict:
+  """<name>_error_px (mean over the masked object-frames) and
+  <name>_by_frame_px (the mean per scored frame; None where none)."""
+  by_frame = [float(err_TxK[:, j][mask[:, j]].mean()) if mask[:, j].any()
+              else None for j in range(mask.shape[1])]
+  return {f'{name}_error_px': float(err_TxK[mask].mean()),
+          f'{name}_by_frame_px': by_frame}
+
+
 def _baselines(true_positions, objects, context_frames, resolution,
-               mask, know_sizes):
-  """Position errors of static / constant-velocity / bounce predictions."""
+               mask, know_sizes) -> dict:
+  """Errors of the static / constant-velocity / bounce predictions."""
   k = context_frames
   p = np.asarray(true_positions, np.float64)
   future = p[:, k:]
   dt = np.arange(1, p.shape[1] - k + 1, dtype=np.float64)[None, :, None,
                                                           None]
-  mean = lambda pred: float(np.linalg.norm(pred - future, axis=-1)[mask]
-                            .mean())
-  out = dict(static_px=mean(np.broadcast_to(p[:, k - 1:k], future.shape)),
-             constant_velocity_px=None, bounce_px=None)
+  err = lambda pred: np.linalg.norm(pred - future, axis=-1)
+  preds = dict(static=np.broadcast_to(p[:, k - 1:k], future.shape),
+               constant_velocity=None, bounce=None)
   if k >= 2:
     v = (p[:, k - 1] - p[:, k - 2])[:, None]
-    out['constant_velocity_px'] = mean(p[:, k - 1:k] + dt * v)
+    preds['constant_velocity'] = p[:, k - 1:k] + dt * v
     if know_sizes:
       r = np.asarray(shapes.SIZE_FRACTION)[objects[..., 3]] * resolution
       r = r[:, None, :, None]
-      out['bounce_px'] = mean(shapes_motion.bounce(
-          p[:, k - 1:k], v, dt, r, resolution - r))
+      preds['bounce'] = shapes_motion.bounce(p[:, k - 1:k], v, dt, r,
+                                             resolution - r)
+  out = {}
+  for name, pred in preds.items():
+    out.update(_summary(err(pred), mask, name) if pred is not None else
+               {f'{name}_error_px': None, f'{name}_by_frame_px': None})
+  return out
+
+
+def _tracked_errors(videos, tp, objects, k, know, min_pixels, penalty,
+                    mask, name) -> dict:
+  tr = track(videos, objects, tp[:, 0], fit=know, min_pixels=min_pixels)
+  err = np.linalg.norm(tr['positions'][:, k:] - tp[:, k:], axis=-1)
+  lost = ~tr['found'][:, k:]
+  tracked = mask & ~lost
+  out = _summary(np.where(lost, penalty, err), mask, name)
+  out[f'{name}_tracked_px'] = (float(err[tracked].mean()) if tracked.any()
+                               else None)
+  out[f'{name}_lost_fraction'] = float(lost[mask].mean())
   return out
 
 
 def physics_error(gen_videos, true_positions, *, context_frames: int,
-                  objects=None, min_pixels: int = MIN_PIXELS,
+                  objects=None, real_videos=None,
+                  min_pixels: int = MIN_PIXELS,
                   lost_penalty_px: float | None = None) -> dict:
   """Tracked position error of generated continuations (module docstring).
 
@@ -746,17 +775,24 @@ def physics_error(gen_videos, true_positions, *, context_frames: int,
       (`real_clips(...)['positions']`).
     context_frames: k, 1 <= k < T.
     objects: (N, K, 4) of the same clips (`real_clips(...)['objects']`);
-      recommended: gives exact colours, the true visibility and the bounce
-      baseline. Without it, the colours are read from the context frames
-      at the true centres and every present object-frame is scored.
+      recommended: gives exact colours, the true visibility, the shape fit
+      of the tracker and the bounce baseline. Without it, the colours are
+      read from the context frames at the true centres, the tracker uses
+      plain centroids and every present object-frame is scored.
+    real_videos: the real clips themselves (`real_clips(...)['video']`):
+      adds the tracker's floor on them (`real_*` keys).
     min_pixels: an object with fewer pixels is lost (and, with `objects`,
       an object-frame with fewer visible pixels in truth is not scored).
     lost_penalty_px: error counted for a lost object (default: H / 2).
   Returns:
-    dict(error_px, error_tracked_px, lost_fraction, error_by_frame_px
-    (list over frames k..T-1), num_scored, lost_penalty_px, static_px,
-    constant_velocity_px, bounce_px (None where undefined),
-    context_frames).
+    dict with, for the generated clips, error_px (lost objects at
+    lost_penalty_px), error_tracked_px (found ones only), lost_fraction,
+    error_by_frame_px (list over frames k..T-1); the same four keys
+    prefixed real_ (with real_videos: real_error_px, real_tracked_px,
+    real_lost_fraction, real_by_frame_px); the baselines static_error_px,
+    constant_velocity_error_px, bounce_error_px and their *_by_frame_px
+    (None where undefined: constant velocity and bounce need k >= 2,
+    bounce needs `objects`); num_scored, lost_penalty_px, context_frames.
   """
   videos = check_videos(gen_videos, name='generated videos')
   n, t_len, res = videos.shape[:3]
@@ -770,6 +806,12 @@ def physics_error(gen_videos, true_positions, *, context_frames: int,
         f'context_frames={context_frames} is invalid: need 1 <= k < '
         f'{t_len} (the clip length) so that some frame is scored.')
   k = int(context_frames)
+  if real_videos is not None:
+    real_videos = check_videos(real_videos, name='real videos')
+    if real_videos.shape != videos.shape:
+      raise validate.UserError(
+          f'real_videos must match the generated videos\' shape '
+          f'{videos.shape}, got {real_videos.shape}.')
   know = objects is not None
   if know:
     objects = np.asarray(objects)
@@ -779,27 +821,27 @@ def physics_error(gen_videos, true_positions, *, context_frames: int,
           f'{objects.shape}.')
     vis = true_visible(tp, objects, res) >= min_pixels
   else:
-    objects, present = _infer_objects(videos, tp, k, COLOUR_TOLERANCE)
+    # Colours from the real context when given (the generated context may
+    # be regenerated), else from the generated clip's context frames.
+    objects, present = _infer_objects(
+        videos if real_videos is None else real_videos, tp, k,
+        COLOUR_TOLERANCE)
     vis = np.broadcast_to(present[:, None], tp.shape[:3])
   penalty = res / 2 if lost_penalty_px is None else float(lost_penalty_px)
-  tr = track(videos, objects, tp[:, 0], fit=know, min_pixels=min_pixels)
   mask = vis[:, k:] & (objects[:, None, :, 0] == 1)
-  err = np.linalg.norm(tr['positions'][:, k:] - tp[:, k:], axis=-1)
-  lost = ~tr['found'][:, k:]
-  err_pen = np.where(lost, penalty, err)
   if not mask.any():
     raise validate.UserError('physics_error: no visible object in any '
                              'scored frame; nothing to measure.')
-  by_frame = [float(err_pen[:, j][mask[:, j]].mean()) if mask[:, j].any()
-              else None for j in range(t_len - k)]
-  tracked = mask & ~lost
-  out = dict(
-      error_px=float(err_pen[mask].mean()),
-      error_tracked_px=(float(err[tracked].mean()) if tracked.any()
-                        else None),
-      lost_fraction=float(lost[mask].mean()),
-      error_by_frame_px=by_frame, num_scored=int(mask.sum()),
-      lost_penalty_px=penalty, context_frames=k)
+  args = (tp, objects, k, know, min_pixels, penalty, mask)
+  g = _tracked_errors(videos, *args, name='error')
+  out = dict(error_px=g['error_error_px'],
+             error_tracked_px=g['error_tracked_px'],
+             lost_fraction=g['error_lost_fraction'],
+             error_by_frame_px=g['error_by_frame_px'])
+  if real_videos is not None:
+    out.update(_tracked_errors(real_videos, *args, name='real'))
+  out.update(num_scored=int(mask.sum()), lost_penalty_px=penalty,
+             context_frames=k)
   out.update(_baselines(tp, objects, k, res, mask, know))
   return out
 
