@@ -31,7 +31,7 @@ DATASETS = {'shapes_video': (3, 4), 'moving_digits': (1, 10)}
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, dataset='shapes_video',
                              attention='linear', first_frame=False,
-                             steps=2000, batch=32, res=16, frames=8,
+                             steps=2400, batch=16, res=16, frames=8,
                              block=2, width=128, depth=4, heads=4, lr=1e-3,
                              sampler_steps=16, cfg_scale=2.0)
   if arg.dataset not in DATASETS:

@@ -4,6 +4,11 @@ rollout and the world model, measured in one run (issue 13, item 8).
   python -m experiments.video --workdir=DIR
   python -m experiments.video --workdir=DIR --video_workdir=V \
       --ae_workdir=A --world_workdir=W        # reuse trained runs
+  python -m experiments.video --workdir=DIR --parts=ae   # one part again
+
+Parts (`--parts`, default all): video, ae, world, scaling; each part's
+results are written to DIR/results.json as soon as it is measured, and an
+invocation with fewer parts keeps the others' earlier results.
 
 Trains what it needs under DIR (a run whose metrics.json exists is reused;
 `--*_workdir` points at runs trained elsewhere):
@@ -39,8 +44,11 @@ and measures:
   (dB) between a place and the model's view of it after moving away k steps
   and back (largest k), beside unrelated views.
 
-Writes DIR/results.json (the issue's keys plus details), DIR/video.png and
-prints a Markdown table.
+Writes DIR/results.json (the issue's keys at the top level: fvd, fvd_floor,
+frame_fid, ae_psnr, memory_gib_by_frames, attention_scaling, world; every
+part's details under "parts"), DIR/video.png (attention time against
+tokens, memory against length, physics error against frame) and
+real.gif / generated.gif / continued.gif, and prints a Markdown table.
 """
 
 import argparse
@@ -152,7 +160,8 @@ def world_part(a, wdir: str) -> dict:
   from visgen import world as world_lib  # pylint: disable=g-import-not-at-top
   from visgen.evaluators import world_model as eval_lib  # pylint: disable=g-import-not-at-top
   wm = world_lib.WorldModel(wdir)
-  res = eval_lib.evaluate(wm, num=a.world_num, length=16, seed=a.seed)
+  res = eval_lib.evaluate(wm, num=a.world_num, length=16, seed=a.seed,
+                          guidance=a.world_cfg)
   w = res['world']
   return dict(action_error_px=w['action_error_px'],
               action_error_random_px=w['action_error_random_px'],
@@ -179,90 +188,131 @@ def _f(v, digits=3):
   return 'n/a' if v is None else f'{v:.{digits}g}'
 
 
-def table(r: dict) -> str:
-  ph = r.get('physics', {})
-  lines = ['| measure | value | reference |', '|---|---:|---|',
-           f"| FVD (video net) | {_f(r['fvd'])} | floor {_f(r['fvd_floor'])} |",
-           f"| frame shapes-FID | {_f(r['frame_fid'])} | floor "
-           f"{_f(r['video'].get('frame_fid_floor'))} |"]
-  if ph:
-    lines.append(
-        f"| physics: position error after {r['video']['context']} given "
-        f"frames (px) | {_f(ph.get('error_px'))} (lost "
-        f"{_f(ph.get('lost_fraction'))}) | real clips (tracker floor) "
+def table(parts: dict) -> str:
+  lines = ['| measure | value | reference |', '|---|---:|---|']
+  v = parts.get('video')
+  if v:
+    ph = v['physics']
+    lines += [
+        f"| FVD (video net, {v['num_clips']} clips) | {_f(v['fvd'])} | "
+        f"real-against-real floor {_f(v['fvd_floor'])} |",
+        f"| frame shapes-FID | {_f(v['frame_fid'])} | floor "
+        f"{_f(v['frame_fid_floor'])} |",
+        f"| physics: position error after {v['context']} given frames (px) "
+        f"| {_f(ph['error_px'])} (lost {_f(ph['lost_fraction'])}, tracked "
+        f"{_f(ph['error_tracked_px'])}) | real clips (tracker floor) "
         f"{_f(ph.get('real_error_px'))}, static "
-        f"{_f(ph.get('static_error_px'))}, constant velocity "
-        f"{_f(ph.get('constant_velocity_error_px'))}, exact bounce "
-        f"{_f(ph.get('bounce_error_px'))} |")
-  lines += [f"| video AE per-frame PSNR (dB) | {_f(r['ae_psnr'])} | flicker "
-            f"{_f(r['ae'].get('ae_flicker'))} |"]
-  m = r['memory_gib_by_frames']
-  lines.append(f"| rollout memory GiB 16 / 64 / 256 frames | "
-               f"{_f(m['16'])} / {_f(m['64'])} / {_f(m['256'])} | ratio "
-               f"256/16 = {m['256'] / m['16']:.2f} (bound <= 1.2) |")
-  s = r['attention_slopes']
-  lines.append(f"| attention time slope, linear / softmax | "
-               f"{s['linear_time_slope']:.2f} / {s['softmax_time_slope']:.2f} | "
-               f"memory {s['linear_memory_slope']:.2f} / "
-               f"{s['softmax_memory_slope']:.2f} |")
-  w = r['world']
-  lines += [f"| world: action error (px) | {_f(w['action_error_px'])} | "
-            f"random actions {_f(w['action_error_random_px'])}, static "
-            f"{_f(w['action_error_static_px'])}, oracle "
-            f"{_f(w['action_error_oracle_px'])} |",
-            f"| world: drift, PSNR of a revisited place after {w['drift_k']} "
-            f"steps away (dB) | {_f(w['drift'])} | unrelated views "
-            f"{_f(w['drift_unrelated_psnr_db'])} |"]
+        f"{_f(ph['static_error_px'])}, constant velocity "
+        f"{_f(ph['constant_velocity_error_px'])}, exact bounce "
+        f"{_f(ph['bounce_error_px'])} |"]
+  ae = parts.get('ae')
+  if ae:
+    lines.append(f"| video AE per-frame PSNR (dB) | {_f(ae['ae_psnr'])} | "
+                 f"first frame {_f(ae.get('ae_psnr_first_frame'))}, flicker "
+                 f"{_f(ae.get('ae_flicker'))} |")
+  sc = parts.get('scaling')
+  if sc:
+    m = sc['memory_gib_by_frames']
+    s = sc['slopes']
+    lines += [
+        f"| rollout memory GiB at 16 / 64 / 256 frames | {_f(m['16'])} / "
+        f"{_f(m['64'])} / {_f(m['256'])} | 256 / 16 = "
+        f"{m['256'] / m['16']:.2f} (bound <= 1.2) |",
+        f"| attention time slope (N >= 1024), linear / softmax | "
+        f"{_f(s['linear_time_slope'])} / {_f(s['softmax_time_slope'])} | "
+        f"memory slopes {_f(s['linear_memory_slope'])} / "
+        f"{_f(s['softmax_memory_slope'])} |"]
+  w = parts.get('world')
+  if w:
+    lines += [
+        f"| world: action error (px, CFG {_f(w['guidance'])}) | "
+        f"{_f(w['action_error_px'])} | random actions "
+        f"{_f(w['action_error_random_px'])}, static "
+        f"{_f(w['action_error_static_px'])}, estimator floor "
+        f"{_f(w['action_error_oracle_px'])} |",
+        f"| world: drift, PSNR of a place revisited after {w['drift_k']} "
+        f"steps away (dB) | {_f(w['drift'])} | unrelated views "
+        f"{_f(w['drift_unrelated_psnr_db'])} |"]
   return '\n'.join(lines)
 
 
-def plot(r: dict, path: str) -> None:
+def plot(parts: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-  rows = r['attention_scaling']
-  tok = [x['tokens'] for x in rows]
-  for kind in ('linear', 'softmax'):
-    ys = [x[f'{kind}_s'] for x in rows]
-    ax[0].loglog([t for t, y in zip(tok, ys) if y], [y for y in ys if y],
-                 'o-', label=f'{kind} attention')
+  sc = parts.get('scaling')
+  if sc:
+    rows = sc['attention_scaling']
+    tok = [x['tokens'] for x in rows]
+    for kind in ('linear', 'softmax'):
+      ys = [x[f'{kind}_s'] for x in rows]
+      ax[0].loglog([t for t, y in zip(tok, ys) if y], [y for y in ys if y],
+                   'o-', label=f'{kind} attention')
+    ax[0].legend()
+    ro = sc['rollout']['by_frames']
+    fr = sorted(ro, key=int)
+    x = [int(f) for f in fr]
+    ax[1].plot(x, [ro[f]['rollout_gib'] for f in fr], 'o-',
+               label='block rollout (program + state)')
+    ax[1].plot(x, [ro[f]['full_sequence_gib'] for f in fr], 's--',
+               label='full-sequence forward')
+    ax[1].plot(x, [ro[f]['softmax_kv_cache_gib'] for f in fr], '^:',
+               label='softmax KV cache')
+    ax[1].legend()
   ax[0].set(xlabel='tokens', ylabel='fwd+bwd s (one block)',
             title='attention time against tokens')
-  ax[0].legend()
-  ro = r['rollout']['by_frames']
-  fr = sorted(ro, key=int)
-  x = [int(f) for f in fr]
-  ax[1].plot(x, [ro[f]['rollout_gib'] for f in fr], 'o-',
-             label='block rollout (program + state)')
-  ax[1].plot(x, [ro[f]['full_sequence_gib'] for f in fr], 's--',
-             label='full-sequence forward')
-  ax[1].plot(x, [ro[f]['softmax_kv_cache_gib'] for f in fr], '^:',
-             label='softmax KV cache')
   ax[1].set(xlabel='frames', ylabel='GiB', title='memory against length')
-  ax[1].legend()
-  ph = r.get('physics', {})
-  curves = {k: v for k, v in ph.items()
-            if k.endswith('by_frame_px') and v is not None}
-  k0 = int(ph.get('context_frames', 0))
-  for name, ys in curves.items():
-    label = {'error_by_frame_px': 'generated',
-             'real_by_frame_px': 'real clips (tracker floor)'}.get(
-                 name, name[:-len('_by_frame_px')])
-    ax[2].plot(range(k0, k0 + len(ys)), ys, 'o-', label=label)
+  v = parts.get('video')
+  if v:
+    ph = v['physics']
+    k0 = int(ph['context_frames'])
+    names = {'error_by_frame_px': 'generated',
+             'real_by_frame_px': 'real clips (tracker floor)',
+             'static_by_frame_px': 'static',
+             'constant_velocity_by_frame_px': 'constant velocity',
+             'bounce_by_frame_px': 'exact bounce'}
+    for key, label in names.items():
+      ys = ph.get(key)
+      if ys:
+        ax[2].plot(range(k0, k0 + len(ys)), ys, 'o-', label=label)
+    ax[2].legend(fontsize=8)
   ax[2].set(xlabel='frame', ylabel='position error (px)',
-            title='physics: continuation of given frames')
-  if curves:
-    ax[2].legend()
+            title='physics: continuing given frames')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
+PARTS = ('video', 'ae', 'world', 'scaling')
+
+
+def assemble(parts: dict) -> dict:
+  """The issue's top-level keys from the parts measured so far."""
+  out = {}
+  v, ae, w, sc = (parts.get(k) for k in PARTS)
+  if v:
+    out.update(fvd=v['fvd'], fvd_floor=v['fvd_floor'],
+               frame_fid=v['frame_fid'], physics=v['physics'])
+  if ae:
+    out['ae_psnr'] = ae['ae_psnr']
+  if sc:
+    out.update(memory_gib_by_frames=sc['memory_gib_by_frames'],
+               attention_scaling=sc['attention_scaling'])
+  if w:
+    out['world'] = {k: w[k] for k in ('action_error_px',
+                                      'action_error_random_px', 'drift')}
+  return out
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m experiments.video')
   p.add_argument('--workdir', required=True)
-  p.add_argument('--video_config', default='steps=2400,batch=16',
+  p.add_argument('--parts', default=','.join(PARTS),
+                 help='comma-separated subset of ' + ', '.join(PARTS) +
+                 '; results of earlier invocations in DIR/results.json are '
+                 'kept')
+  p.add_argument('--video_config', default='',
                  help='arguments of configs/video_shapes.py')
   p.add_argument('--ae_config', default='',
                  help='arguments of configs/video_autoencoder.py')
@@ -274,47 +324,63 @@ def main(argv=None):
   p.add_argument('--n', type=int, default=256, help='clips per FVD set')
   p.add_argument('--context', type=int, default=2,
                  help='given frames of the physics check')
-  p.add_argument('--world_num', type=int, default=16)
+  p.add_argument('--world_num', type=int, default=32)
+  p.add_argument('--world_cfg', type=float, default=8.0)
   p.add_argument('--tokens', default='256,512,1024,2048,4096,8192')
   p.add_argument('--max_run_gib', type=float, default=6.0)
   p.add_argument('--seed', type=int, default=0)
   a = p.parse_args(argv)
+  todo = [x for x in a.parts.split(',') if x]
+  bad = set(todo) - set(PARTS)
+  if bad:
+    p.error(f'unknown parts {sorted(bad)}; valid: {", ".join(PARTS)}')
   os.makedirs(a.workdir, exist_ok=True)
+  path = os.path.join(a.workdir, 'results.json')
+  previous = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+  parts = dict(previous.get('parts', {}))
+  settings = dict(previous.get('settings', {}))
   t_start = time.time()
-
-  vdir = run(a.workdir, 'video', load_config('video_shapes', a.video_config),
-             a.video_workdir)
-  adir = run(a.workdir, 'video_ae',
-             load_config('video_autoencoder', a.ae_config), a.ae_workdir)
-  wdir = run(a.workdir, 'world', load_config('world_shapes', a.world_config),
-             a.world_workdir)
-  t_eval = time.time()
-  v = video_part(a, vdir)
-  media = v.pop('_media')
-  v['context'] = a.context
-  ae = ae_part(a, adir)
-  world = world_part(a, wdir)
-  rows, summary, ro = scaling_part(a)
-  results = dict(
-      fvd=v['fvd'], fvd_floor=v['fvd_floor'], frame_fid=v['frame_fid'],
-      ae_psnr=ae['ae_psnr'], memory_gib_by_frames=ro['memory'],
-      attention_scaling=rows,
-      world={k: world[k] for k in ('action_error_px',
-                                   'action_error_random_px', 'drift')},
-      physics=v['physics'], video=v, ae=ae, world_details=world,
-      attention_slopes=summary['slopes'],
-      attention_crossover_tokens=summary['crossover_tokens'],
-      rollout=ro['rollout'],
-      workdirs=dict(video=vdir, video_ae=adir, world=wdir),
-      settings=vars(a), eval_wall_time_s=time.time() - t_eval,
-      wall_time_s=time.time() - t_start)
-  logging_lib.write_json(os.path.join(a.workdir, 'results.json'), results)
+  media = {}
+  for part in todo:
+    t0 = time.time()
+    if part == 'video':
+      d = run(a.workdir, 'video',
+              load_config('video_shapes', a.video_config), a.video_workdir)
+      r = video_part(a, d)
+      media = r.pop('_media')
+      r['context'] = a.context
+    elif part == 'ae':
+      d = run(a.workdir, 'video_ae',
+              load_config('video_autoencoder', a.ae_config), a.ae_workdir)
+      r = ae_part(a, d)
+    elif part == 'world':
+      d = run(a.workdir, 'world',
+              load_config('world_shapes', a.world_config), a.world_workdir)
+      r = world_part(a, d)
+    else:
+      d = None
+      rows, summary, ro = scaling_part(a)
+      r = dict(attention_scaling=rows, slopes=summary['slopes'],
+               crossover_tokens=summary['crossover_tokens'],
+               memory_gib_by_frames=ro['memory'], rollout=ro['rollout'])
+    r.update(workdir=d, wall_s=time.time() - t0)
+    parts[part] = r
+    settings[part] = vars(a)
+    results = dict(assemble(parts), parts=parts, settings=settings)
+    logging_lib.write_json(path, results)  # After every part.
+    print(f'[{part}] measured in {time.time() - t0:.0f} s', flush=True)
   for name, clips in media.items():
     media_lib.write_gif(os.path.join(a.workdir, f'{name}.gif'),
                         media_lib.Media(clips, kind='video'))
-  plot(results, os.path.join(a.workdir, 'video.png'))
-  print(table(results))
-  print(f"wrote {os.path.join(a.workdir, 'results.json')}")
+  results = dict(assemble(parts), parts=parts, settings=settings,
+                 wall_time_s=time.time() - t_start)
+  logging_lib.write_json(path, results)
+  plot(parts, os.path.join(a.workdir, 'video.png'))
+  print(table(parts))
+  print(f'wrote {path}')
   return results
 
 
