@@ -31,8 +31,11 @@ block with the linear-attention model's constant-size state
 from t = 1 to 0 (Heun on the linear path's velocity, the sampler config's
 steps) given the past's running sums, then its clean frames are fed once at
 t = 0 to commit them. Classifier-free guidance on the label uses the
-conditional state of the past for both halves. Self-forcing (training on
-the model's own rollouts) is not implemented.
+conditional state of the past for both halves. `rollout(context=...)`
+continues given frames. Self-forcing (training on the model's own
+rollouts) is built for the action-conditioned world model
+(`WorldModelTask.self_forced_loss`), where the ground truth continues every
+rollout.
 """
 
 from typing import Any
