@@ -169,9 +169,25 @@ def latent_stats_metric(b: builder.Built, params, rng, *, split='train',
 
   encode = jax.jit(lambda p, im: b.apply(
       p, preprocess.to_float(im), None, None, method='encode')[0])
-  zs = [np.asarray(encode(params, bt['image'])) for bt in
+  key = getattr(b.task, 'data_key', 'image')  # 'video': video autoencoders
+  zs = [np.asarray(encode(params, bt[key])) for bt in
         builder.heldout_batches(b, split, batch=batch, num=num_images)]
   return autoencoder.latent_stats(np.concatenate(zs))
+
+
+@EVALS.register('video_reconstruction')
+def video_reconstruction_metrics(b: builder.Built, params, rng, *,
+                                 split='test', num_clips=256,
+                                 batch=64) -> dict[str, Any]:
+  """A video autoencoder's reconstructions of the first `num_clips` clips
+  of `split` (uint8-quantised): per-frame PSNR (mean, first frame, later
+  frames, per frame index) and temporal flicker, as `ae_*` metrics
+  (`visgen.evaluators.video_ae`, which defines them)."""
+  del rng
+  from visgen.evaluators import video_ae  # pylint: disable=g-import-not-at-top
+
+  return video_ae.evaluate(b, params, split=split, num=num_clips,
+                           batch=batch)
 
 
 @EVALS.register('prompt_accuracy')

@@ -32,6 +32,7 @@ from visgen.models.text_encoders import BertText
 from visgen.models.text_encoders import CLIPText
 from visgen.models.text_encoders import SceneText
 from visgen.models.unet import UNet
+from visgen.models.video_autoencoder import VideoAutoencoderKL
 from visgen.models.video_dit import VideoDiT
 from visgen.registry import Registry
 
@@ -44,6 +45,7 @@ MODELS.register('video_dit')(VideoDiT)
 MODELS.register('controlnet')(ControlNet)
 MODELS.register('instruct_unet')(InstructUNet)
 MODELS.register('autoencoder_kl')(AutoencoderKL)
+MODELS.register('video_autoencoder')(VideoAutoencoderKL)
 MODELS.register('pixart')(PixArt)
 MODELS.register('mmdit')(MMDiT)
 MODELS.register('bert_text')(BertText)

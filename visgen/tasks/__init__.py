@@ -22,6 +22,7 @@ from visgen.tasks import instruct_edit
 from visgen.tasks import noisy_classifier
 from visgen.tasks import text_to_image
 from visgen.tasks import video
+from visgen.tasks import video_autoencoder
 from visgen.tasks import world_model
 from visgen.tasks.base import Task
 from visgen.tasks.base import check_task
@@ -35,6 +36,8 @@ TASKS.register('controlnet')(controlnet.ControlNetTask)
 TASKS.register('instruct_edit')(instruct_edit.InstructEditTask)
 TASKS.register('bridge')(bridge.BridgeTask)
 TASKS.register('video')(video.VideoTask)
+TASKS.register('video_autoencoder')(
+    video_autoencoder.VideoAutoencoderTask)
 TASKS.register('dense')(dense.DenseTask)
 TASKS.register('world_model')(world_model.WorldModelTask)
 

@@ -115,8 +115,8 @@ class AutoencoderTask:
   # -- Contract ---------------------------------------------------------------
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {'image': jax.ShapeDtypeStruct((batch_size,) + self.x_shape,
-                                          jnp.uint8)}
+    return {self.data_key: jax.ShapeDtypeStruct(
+        (batch_size,) + self.x_shape, jnp.uint8)}
 
   def init_state(self, key):
     del key
@@ -186,22 +186,23 @@ class AutoencoderTask:
         raise ValueError(f'The {self.eval_split!r} split is empty; set '
                          'config.task.eval_split to a split with images.')
       idx = [i % len(source) for i in range(n)]
-      self._heldout = np.stack([np.asarray(source[i]['image']) for i in idx])
+      self._heldout = np.stack([np.asarray(source[i][self.data_key])
+                                for i in idx])
     return self._heldout[:n]
 
   def sample_cond(self, spec) -> dict[str, np.ndarray]:
     """The first n held-out images (`eval_split`) to reconstruct."""
     n = int(spec['per_class']) if isinstance(spec, dict) else int(spec)
-    return {'image': self._heldout_images(n)}
+    return {self.data_key: self._heldout_images(n)}
 
   def eval_cond(self, batch):
-    return {'image': batch['image']}
+    return {self.data_key: batch[self.data_key]}
 
   def sample(self, params, frozen, cond, key, *, n: int,
              guidance: Any = 1.0):
     """Reconstructions (posterior mean) of cond['image'], in [-1, 1]."""
     del frozen, key, guidance
-    return self.reconstruct(params, cond['image'][:n])
+    return self.reconstruct(params, cond[self.data_key][:n])
 
   def to_media(self, samples, cond) -> media_lib.Media:
     """input | reconstruction panels."""
