@@ -73,7 +73,7 @@ def test_registry_errors():
   assert models.MODELS.names() == [
       'autoencoder_kl', 'bert_text', 'clip_text', 'controlnet', 'dit',
       'instruct_unet', 'mlp', 'mmdit', 'noisy_classifier', 'pixart',
-      'scene_text', 'unet', 'video_dit']
+      'scene_text', 'unet', 'video_autoencoder', 'video_dit']
   with pytest.raises(ValueError, match='Valid choices: autoencoder_kl, .*, dit, .*, video_dit\.'):
     models.get_model('ditt', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="unknown arguments \\['widht'\\]"):

@@ -21,6 +21,7 @@ from visgen import main as main_lib
 from visgen import models
 from visgen.evaluators import video_ae
 from visgen.models import video_autoencoder as vae_lib
+from visgen.tasks import video_autoencoder as task_lib
 from visgen.validate import UserError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
@@ -138,7 +139,6 @@ def test_bad_inputs_name_the_fix(tiny):
     _config('dataset=cifar10')
   with pytest.raises(ValueError, match='f=4 or f=8'):
     _config('f=2')
-  from visgen.tasks import video_autoencoder as task_lib  # pylint: disable=g-import-not-at-top
   c = _config('')
   c.task.perceptual_weight = 1.0
   with pytest.raises(UserError, match='perceptual_weight'):

@@ -28,21 +28,28 @@ decoded frame t depends on latent frames 0 .. ceil(t / 4) only. So encoding
 and decoding can both run on a growing video (tests check this exactly).
 
 Encoder: causal conv_in; per level `num_res_blocks` ResNet blocks (per-frame
-GroupNorm, SiLU, causal 3x3x3 conv, twice, residual; 1x1x1 shortcut when
-the width changes) and a downsampler (all levels but the last; temporal
-stride where `temporal_downsample` says); a mid block of two ResNet blocks
-(no attention); GroupNorm, SiLU, conv_out to 2z channels; 1x1x1 quant_conv.
-The decoder mirrors it (`num_res_blocks + 1` blocks per level, upsamplers).
+GroupNorm, SiLU, causal 3x3x3 conv, twice, residual) and a downsampler to
+the next level's width ch * ch_mult[i + 1] (all levels but the last;
+temporal stride where `temporal_downsample` says); a mid block of two
+ResNet blocks (no attention); GroupNorm, SiLU, conv_out to 2z channels;
+1x1x1 quant_conv. The decoder mirrors it (`num_res_blocks + 1` blocks per
+level, upsamplers to the next narrower width).
 
-Residual autoencoding (`residual=True`, DC-AE, Chen et al. 2025; Wan 2.2's
-AvgDown3D / DupUp3D): every downsampler adds the parameter-free causal
-average pool of its input (2x2 in space; frame 0 alone, then frames
-(2i - 1, 2i) in time), every upsampler the nearest-upsampled input, the
-posterior mean the encoder features' channels averaged down to z, and the
-decoder's conv_in output z's channels repeated. The network then learns
-residuals around a linear pool/unpool path; on 16x16 shapes this is what
-gets past the "background colour only" plateau (~18.5 dB) that the plain
-stack sits on for thousands of steps at this width.
+Residual autoencoding (`residual=True`, DC-AE, Chen et al. 2025; Wan
+2.2's AvgDown3D / DupUp3D). Downsamplers add a parameter-free shortcut: the
+input's 2x2 cells (x 2 frames when temporal: frame 0 paired with itself,
+then frames (2i - 1, 2i), causal) stacked on channels channel-major as
+pixel_unshuffle does, then adjacent channels averaged down to the output
+width. Upsamplers add the inverse: channels repeated up to 4x (8x) the
+output width and unstacked into 2x2 (x 2 frame) cells, frame 0 keeping
+one. The posterior mean adds the encoder features' channels averaged down
+to z; the decoder's conv_in output adds z's channels repeated. The convs
+then learn residuals around a fixed pack / unpack path. Measured on
+one-frame 16x16 shapes (width 8, L2 loss, batch 8): 19.5 dB after 1200
+steps without the shortcuts, 23.2 dB after 1600 with them (in an
+average-pool form; the plain stack lingers near the "background colour
+only" reconstruction for thousands of steps).
+
 Parameter names follow `visgen.models.autoencoder` (encoder/down_blocks/...,
 decoder/up_blocks/..., quant_conv, post_quant_conv); conv kernels are
 (kt, kh, kw, in, out).
