@@ -21,6 +21,13 @@ with a constant-size state (`VideoTask.rollout`; `python -m
 experiments.attention_scaling --parts=rollout --model_workdir=DIR`).
 Rectified flow with velocity prediction, logit-normal times, Heun sampling
 with classifier-free guidance on the label.
+
+Measured (2026-12-07, defaults: 2400 steps of batch 16, 1.29M parameters):
+3763 s of training on 2 cores shared with other jobs (about half that on
+idle cores); `python -m experiments.video` gives FVD 41.3 (floor 7.1),
+frame shapes-FID 116 (floor 12.6) and a physics error of 6.7 px after 2
+given frames (static baseline 3.5): the samples are coloured blobs, not yet
+shapes (README, "Video and world model, measured together").
 """
 
 from visgen import config_lib
