@@ -112,7 +112,7 @@ def get_config(arg=None):
     c.log_every = 2
     c.ckpt_every = 2
     c.data = dict(name=arg.dataset, resolution=8, num_frames=5,
-                  num_examples=32, batch_size=4)
+                  num_examples=32, batch_size=8)
     if arg.dataset == 'moving_digits':
       c.data['digit_size'] = 4
     c.task.x_shape = (5, 8, 8, channels)
