@@ -182,13 +182,6 @@ def test_action_conditioned_rollout_equals_full_forward():
   np.testing.assert_allclose(other[:, :2], full[:, :2], atol=1e-5)
 
 
-@pytest.fixture
-def fast_compile():
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
-
-
 def test_self_forced_prediction_is_the_stepwise_rollout_and_trains(
     fast_compile):
   del fast_compile
