@@ -52,7 +52,6 @@ real.gif / generated.gif / continued.gif, and prints a Markdown table.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -64,36 +63,22 @@ import numpy as np
 from visgen import builder
 from visgen import logging_lib
 from visgen import media as media_lib
-from visgen import train
 from visgen.data import preprocess
-
-ROOT = os.path.join(os.path.dirname(__file__), '..')
-
+from experiments import control_editing
 
 def load_config(name: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return control_editing.load_config(name, arg or None)
 
 
 def run(workdir: str, name: str, config, given: str | None) -> str:
   """The run's workdir: `given` if set, else DIR/name (trained if new)."""
-  if given:
-    if not os.path.exists(os.path.join(given, 'config.json')):
-      raise SystemExit(f'--{name}_workdir={given} holds no visgen run '
-                       '(no config.json); train one or leave the flag out.')
-    print(f'[{name}] reusing {given}', flush=True)
-    return given
-  d = os.path.join(workdir, name)
-  if os.path.exists(os.path.join(d, 'metrics.json')):
-    print(f'[{name}] reusing {d}', flush=True)
-    return d
-  t0 = time.time()
-  train.train_and_evaluate(config, d)
-  print(f'[{name}] trained in {time.time() - t0:.0f} s', flush=True)
-  return d
+  if not given:
+    return control_editing.run(workdir, name, config)
+  if not os.path.exists(os.path.join(given, 'config.json')):
+    raise SystemExit(f'--{name}_workdir={given} holds no visgen run '
+                     '(no config.json); train one or leave the flag out.')
+  print(f'[{name}] reusing {given}', flush=True)
+  return given
 
 
 def restored(d: str):

@@ -68,6 +68,22 @@ def heun_block(velocity, x, steps: int):
   return jax.lax.fori_loop(0, steps, body, x)
 
 
+def video_clip(batch: dict, x_shape, task: str) -> jax.Array:
+  """batch['video'] (B,) + x_shape as float in [-1, 1] (uint8 rescaled),
+  with a clear error naming the fix when it is missing or mis-shaped."""
+  if 'video' not in batch:
+    raise UserError(f"The {task} task needs 'video' clips in the batch (it "
+                    f'has {", ".join(sorted(batch))}); use the '
+                    'shapes_video or moving_digits dataset.')
+  v = batch['video']
+  if tuple(v.shape[1:]) != tuple(x_shape):
+    raise UserError(f"batch['video'] has shape {tuple(v.shape)}, expected "
+                    f'(B,) + config.task.x_shape = (B,) + {tuple(x_shape)}; '
+                    'match config.data num_frames / resolution.')
+  return preprocess.to_float(v) if jnp.issubdtype(
+      v.dtype, jnp.integer) else v.astype(jnp.float32)
+
+
 class VideoTask(generation.GenerationTask):
   """Class-conditional / image-to-video generation (module docstring)."""
 
@@ -115,17 +131,7 @@ class VideoTask(generation.GenerationTask):
   # -- Batch -> (x0, cond) ----------------------------------------------------
 
   def clip(self, batch: dict) -> jax.Array:
-    if 'video' not in batch:
-      raise UserError(f"The video task needs 'video' clips in the batch (it "
-                      f'has {", ".join(sorted(batch))}); use the '
-                      'shapes_video or moving_digits dataset.')
-    v = batch['video']
-    if tuple(v.shape[1:]) != self.x_shape:
-      raise UserError(f"batch['video'] has shape {tuple(v.shape)}, expected "
-                      f'(B,) + config.task.x_shape = (B,) + {self.x_shape}; '
-                      'match config.data num_frames / resolution.')
-    return preprocess.to_float(v) if jnp.issubdtype(
-        v.dtype, jnp.integer) else v.astype(jnp.float32)
+    return video_clip(batch, self.x_shape, 'video')
 
   def to_x0(self, batch: dict, frozen=None, key=None) -> jax.Array:
     del frozen, key

@@ -32,6 +32,7 @@ from visgen import media as media_lib
 from visgen.data import preprocess
 from visgen.models import autoencoder as ae_lib
 from visgen.tasks import autoencoder
+from visgen.tasks import video
 from visgen.validate import UserError
 
 
@@ -64,16 +65,7 @@ class VideoAutoencoderTask(autoencoder.AutoencoderTask):
     self.batch_keys = ('video',)
 
   def clip(self, batch) -> jax.Array:
-    if 'video' not in batch:
-      raise UserError(f"The video_autoencoder task needs 'video' clips in the "
-                      f'batch (it has {", ".join(sorted(batch))}); use the '
-                      'shapes_video or moving_digits dataset.')
-    v = batch['video']
-    if tuple(v.shape[1:]) != self.x_shape:
-      raise UserError(f"batch['video'] has shape {tuple(v.shape)}, expected "
-                      f'(B,) + config.task.x_shape = (B,) + {self.x_shape}; '
-                      'match config.data num_frames / resolution.')
-    return preprocess.to_float(v)
+    return video.video_clip(batch, self.x_shape, 'video_autoencoder')
 
   def loss(self, params, frozen, task_state, batch, key):
     del frozen
