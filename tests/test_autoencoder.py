@@ -26,13 +26,6 @@ AE = dict(name='autoencoder_kl', input_size=8, in_channels=3, ch=8,
           mid_attention=True, dtype='float32')
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
-
-
 def _host(tree):
   return {k: np.array(v) for k, v in param_tree.flatten(tree).items()}
 
@@ -132,7 +125,6 @@ def _ae_config(**task):
 @pytest.fixture(scope='module')
 def trained_ae(tmp_path_factory):
   """A few steps of the autoencoder task on one batch, saved as a workdir."""
-  jax.config.update('jax_disable_most_optimizations', True)
   c = _ae_config()
   b = builder.build(c)
   state = builder.create_state(b, jax.random.key(0))

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import fast_compile  # noqa: F401 (autouse fixture)
 from visgen import builder
 from visgen import config_loader
 from visgen import models

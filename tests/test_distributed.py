@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 
-from tests.test_train import fast_compile  # noqa: F401 (autouse fixture)
 from tests.test_train import losses
 from tests.test_train import tiny_config
 from visgen import train

@@ -32,7 +32,6 @@ MODEL = dict(name='mlp', dim=4, width=8, depth=1, num_classes=2,
              dtype='float32')
 
 
-pytestmark = pytest.mark.usefixtures('fast_compile')  # tests/conftest.py
 
 
 def _params(seed=0, **kw):

@@ -35,7 +35,6 @@ MLP_PATHS = [
     't_embed/fc2/bias', 't_embed/fc2/kernel', 'y_embed/table']
 
 
-pytestmark = pytest.mark.usefixtures('fast_compile')  # tests/conftest.py
 
 
 def _mlp(seed=0, **kw):

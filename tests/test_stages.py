@@ -72,7 +72,16 @@ def test_cli_names_a_stage_source_without_a_stage(tmp_path, capsys):
   assert 'names no training stage' in err and 'Traceback' not in err
 
 
-def test_latent_shapes_trains_its_autoencoder_stage_once(tmp_path):
+def test_latent_shapes_stages_train_once_then_pre_encode_once(
+    tmp_path, monkeypatch):
+  """One test (one xdist worker), so that the encoding-stage half reuses
+  the autoencoder stage the first half trained (a copy of it, as a user's
+  copied workdir would)."""
+  sub = _autoencoder_stage_trains_once(tmp_path)
+  _encoding_stage_pre_encodes_once(tmp_path, monkeypatch, sub)
+
+
+def _autoencoder_stage_trains_once(tmp_path):
   wd = str(tmp_path / 'run')
   c = config_loader.load(f'{ROOT}/configs/shapes.py:runlocal')
   validate.check_config(c)
@@ -129,6 +138,7 @@ def test_latent_shapes_trains_its_autoencoder_stage_once(tmp_path):
   cls_out = train.train_and_evaluate(cc, str(tmp_path / 'cls'))
   assert np.isfinite(cls_out['final_loss'])
   assert tuple(cc.task.x_shape) == tuple(c.task.x_shape)
+  return sub
 
 
 def test_fingerprint_names_stages_symbolically():
@@ -139,9 +149,9 @@ def test_fingerprint_names_stages_symbolically():
   assert stages.symbolic('npz:/a/stages/x') == 'npz:/a/stages/x'
 
 
-def test_encoding_stage_pre_encodes_once_and_trains_on_latents(
-    tmp_path, monkeypatch):
-  """configs/shapes.py:runlocal,cache=N: the autoencoder stage, then an
+def _encoding_stage_pre_encodes_once(tmp_path, monkeypatch, ae_stage):
+  """configs/shapes.py:runlocal,cache=N: the autoencoder stage (here a
+  copy of `ae_stage`, already trained), then an
   encoding stage writes the encoder's posterior means of the first N train
   scenes; the generator trains on them through the codec's normalisation,
   which equals encoding the images in the step; a finished encoding is not
@@ -150,12 +160,16 @@ def test_encoding_stage_pre_encodes_once_and_trains_on_latents(
   from visgen.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from visgen.data import shapes as shapes_data  # pylint: disable=g-import-not-at-top
 
-  wd = str(tmp_path / 'run')
+  wd = str(tmp_path / 'encoded')
+  ae_copy = os.path.join(wd, 'stages', 'autoencoder')
+  shutil.copytree(ae_stage, ae_copy)
+  ae_time = os.path.getmtime(os.path.join(ae_copy, 'metrics.json'))
   spec = f'{ROOT}/configs/shapes.py:runlocal,cache=32'
   c = config_loader.load(spec)
   validate.check_config(c)
   c.num_grid_samples = 0
   out = train.train_and_evaluate(c, wd)
+  assert os.path.getmtime(os.path.join(ae_copy, 'metrics.json')) == ae_time
   assert out['steps'] == c.total_steps
   assert out['stages']['latents']['num_examples'] == 32
   sub = os.path.join(wd, 'stages', 'latents')

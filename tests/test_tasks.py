@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import fast_compile  # noqa: F401 (autouse fixture)
 from tests.test_train import tiny_config
 from visgen import builder
 from visgen import config_loader

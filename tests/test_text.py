@@ -35,12 +35,6 @@ from visgen.tasks import text_to_image
 MINILM = hf_tokenize.minilm_dir()
 
 
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-  # These tests check logic, not speed (as tests/test_train.py).
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
 needs_minilm = pytest.mark.skipif(
     MINILM is None, reason='MiniLM weights not installed (optional): '
     + hf_tokenize.INSTALL)

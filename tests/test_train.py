@@ -20,14 +20,6 @@ from visgen import train
 from visgen import train_step as step_lib
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  # flax examples' trick for CI: these tests check logic, not speed.
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
-
-
 def tiny_config(**overrides):
   """The quickstart's runlocal variant: an 8x8 digits MLP, batch 16."""
   import configs.quickstart as qs  # pylint: disable=g-import-not-at-top

@@ -30,13 +30,6 @@ TINY = dict(input_size=8, num_frames=9, in_channels=3, ch=4,
             norm_groups=4)
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
-
-
 def _config(arg='runlocal'):
   path = os.path.join(ROOT, 'configs', 'video_autoencoder.py')
   spec = importlib.util.spec_from_file_location('configs.video_ae', path)
@@ -204,15 +197,13 @@ def test_flicker_closed_forms():
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  jax.config.update('jax_disable_most_optimizations', True)
   wd = str(tmp_path_factory.mktemp('vae'))
   flags.FLAGS.mark_as_parsed()  # absl logging without app.run.
   status = main_lib.cli(['visgen.main',
                          f'--config={ROOT}/configs/video_autoencoder.py:'
                          'runlocal', f'--workdir={wd}'])
   assert status == 0
-  yield wd
-  jax.config.update('jax_disable_most_optimizations', False)
+  return wd
 
 
 def test_runlocal_trains_through_main_and_evaluates(workdir):

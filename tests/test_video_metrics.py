@@ -4,7 +4,6 @@ against exact positions, the physics check and input errors."""
 import dataclasses
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -18,15 +17,6 @@ TINY = dataclasses.replace(
     temporal_strides=(1, 1, 2), feature_dim=16,
     num_train=64, num_test=32, steps=3, batch_size=8)
 N = 40
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compile():
-  """XLA without most optimisations for this file (as `fast_compile`, but
-  module-wide so that it also covers the tiny net's training)."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
 
 
 @pytest.fixture(scope='module')

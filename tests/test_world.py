@@ -44,15 +44,13 @@ def _config(arg='runlocal'):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  jax.config.update('jax_disable_most_optimizations', True)
   wd = str(tmp_path_factory.mktemp('world'))
   flags.FLAGS.mark_as_parsed()  # absl logging without app.run.
   status = main_lib.cli(['visgen.main',
                          f'--config={ROOT}/configs/world_shapes.py:runlocal',
                          f'--workdir={wd}'])
   assert status == 0
-  yield wd
-  jax.config.update('jax_disable_most_optimizations', False)
+  return wd
 
 
 @pytest.fixture(scope='module')
@@ -183,8 +181,7 @@ def test_action_conditioned_rollout_equals_full_forward():
 
 
 def test_self_forced_prediction_is_the_stepwise_rollout_and_trains(
-    fast_compile):
-  del fast_compile
+):
   from flax import nnx
   from visgen import models
   c = _config('runlocal,sf=1,sf_examples=2,sf_steps=1')
