@@ -26,7 +26,11 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, res=RES,
                              base='', steps=2000,
                              batch=32, lr=1e-3, width=32, sampler_steps=16,
-                             cfg_scale=3.0, image_cfg_scale=1.5)
+                             cfg_scale=3.0, image_cfg_scale=1.5,
+                             patch=2, prediction='velocity',
+                             sampler='heun', skip=False,
+                             xattn=False, t_mean=0.0,
+                             loss_space='velocity', edit_weight=1.0)
   c = config_lib.base_config()
   res = 8 if arg.runlocal else arg.res
   c.total_steps = arg.steps
@@ -37,30 +41,40 @@ def get_config(arg=None):
   tok = dict(name='scene_words', max_len=MAX_LEN, keys=('instruction',))
   c.data = dict(name='shapes_edit', resolution=res, batch_size=arg.batch,
                 num_threads=2, tokenizer=tok)
-  unet = dict(name='unet', input_size=res, in_channels=3, patch=2,
+  unet = dict(name='unet', input_size=res, in_channels=3, patch=arg.patch,
               model_channels=arg.width, channel_mult=(1, 2, 2),
               num_res_blocks=1, attention_resolutions=(), mid_attention=True,
               num_heads=1, dropout=0.0, num_classes=0, dtype='float32')
+  if arg.xattn:
+    # Cross-attention to the encoded instruction at 8x8 and 4x4 features.
+    side = res // arg.patch
+    unet.update(attention_resolutions=(side // 2, side // 4), num_heads=2,
+                text_encoder=dict(name='scene_text', width=32, depth=1,
+                                  heads=2, max_len=MAX_LEN))
   if arg.runlocal:
     unet.update(model_channels=8, channel_mult=(1, 2), mid_attention=False)
   c.task = dict(name='instruct_edit', x_shape=(res, res, 3),
                 image_dropout=0.05, text_dropout=0.05, both_dropout=0.05,
-                image_cfg_scale=arg.image_cfg_scale)
+                image_cfg_scale=arg.image_cfg_scale,
+                edit_weight=arg.edit_weight)
   c.model = dict(name='instruct_unet', unet=dict(unet, concat_channels=3),
-                 max_len=MAX_LEN, text_dim=16)
+                 max_len=MAX_LEN, text_dim=16, source_skip=bool(arg.skip))
   if arg.base:
     # The base's class table is not copied (the edit model has no labels).
     base = dict(unet, num_classes=4)
     source = image_cond.base_source(base, arg.base, what='ip2p_shapes')
     c.init_from = dict(source=source, weights='ema',
-                       mapping=instruct.INIT_MAPPING)
+                       mapping=(instruct.XATTN_INIT_MAPPING if arg.xattn
+                                else instruct.INIT_MAPPING))
   c.path = dict(name='linear')
-  c.prediction = 'velocity'
-  c.weighting = dict(name='uniform')
-  c.time_dist = dict(name='logit_normal', mean=0.0, std=1.0)
+  c.prediction = arg.prediction
+  # x0 prediction is trained on the velocity error (JiT), as configs/shapes.py.
+  c.weighting = (dict(name='uniform', space=arg.loss_space)
+                 if arg.prediction == 'x0' else dict(name='uniform'))
+  c.time_dist = dict(name='logit_normal', mean=arg.t_mean, std=1.0)
   c.optim = config_lib.optim(lr=arg.lr, warmup_steps=50, schedule='cosine',
                              grad_clip=1.0)
-  c.sampler = dict(name='heun', steps=arg.sampler_steps,
+  c.sampler = dict(name=arg.sampler, steps=arg.sampler_steps,
                    cfg_scale=arg.cfg_scale)
   c.num_grid_samples = 16
   c.eval = {}

@@ -189,6 +189,9 @@ def main(argv=None):
   p.add_argument('--n_eval', type=int, default=64)
   p.add_argument('--n_ref', type=int, default=500)
   p.add_argument('--ddbm_steps', type=int, default=5)
+  p.add_argument('--ip2p', default='',
+                 help='extra configs/ip2p_shapes.py arguments, e.g. '
+                 'steps=6000,patch=1 (later keys win over the common ones)')
   p.add_argument('--quick', action='store_true',
                  help='only the edges rows and the edit rows')
   a = p.parse_args(argv)
@@ -246,6 +249,35 @@ def main(argv=None):
               edit_success=None, preservation_psnr=None,
               control_scale=s))
 
+  if not a.quick:
+    # -- ControlNet on semantic masks (same base), and both ControlNets
+    # together: the mask net's residuals added through extra_controls.
+    cm_cfg = finish(load_config(
+        'controlnet_shapes', f'{common},base={base_dir},control=semantic_mask'))
+    cm_dir = run(a.workdir, 'cn_mask', cm_cfg)
+    bm, pm = restored(cm_cfg, cm_dir)
+    cond_m = jax.tree.map(jnp.asarray, bm.task.eval_cond(ev))
+    for s in (1.0, 1.5):
+      x, nfe = sample(bm, pm, cond_m, n, key, control_scale=s)
+      emit(dict(task='mask2scene', method='controlnet', nfe=nfe,
+                fid=fid(x, ref), adherence=mask_miou(x, ev['semantic_mask']),
+                edit_success=None, preservation_psnr=None, control_scale=s))
+    x, nfe = sample(bm, pm, cond_m, n, key, uncontrolled=True)
+    floor['mask_miou_uncontrolled_base'] = mask_miou(x, ev['semantic_mask'])
+    # Edges and masks at once (scale 1 each): the edges net is the main
+    # control, the mask net an extra one reading cond['mask_control'].
+    both = jax.jit(lambda p, f, c, k: b.task.sample(
+        p, f, c, k, n=n, return_info=True, control_scale=1.0,
+        extra_controls=[(bm.task.apply, pm, 'mask_control', 1.0)]))
+    cond_both = dict(cond, mask_control=cond_m['control'])
+    x, info = both(params, b.frozen.params, cond_both, key)
+    x = preprocess.to_uint8(np.asarray(x))
+    emit(dict(task='edges2scene', method='controlnet', nfe=int(info['nfe']),
+              fid=fid(x, ref), adherence=edge_f1(x, ev['edges']),
+              mask_miou=mask_miou(x, ev['semantic_mask']),
+              edit_success=None, preservation_psnr=None,
+              control_scale=1.0, controls='edges+semantic_mask'))
+
   # -- Conditional diffusion vs DDBM on edges and masks (equal NFE).
   tasks = [('edges', 'edges2scene')] + ([] if a.quick else [
       ('semantic_mask', 'mask2scene')])
@@ -273,7 +305,8 @@ def main(argv=None):
   floor['edit_success_real'], _ = edit_scores(
       edit_test['edited_image'], edit_test['image'],
       edit_test['edited_image'], edit_test['edit_mask'])
-  c = finish(load_config('ip2p_shapes', common))
+  c = finish(load_config('ip2p_shapes', ','.join(
+      x for x in (common, a.ip2p) if x)))
   b, params = restored(c, run(a.workdir, 'ip2p', c))
   cond = jax.tree.map(jnp.asarray, b.task.eval_cond(edit_test))
   for s_i in (1.0, 1.5, 2.0):
@@ -318,7 +351,8 @@ def _fmt(v):
 
 def table(rows, floor) -> str:
   keys = ('task', 'method', 'nfe', 'fid', 'adherence', 'edit_success',
-          'preservation_psnr', 'control_scale', 's_I', 's_T')
+          'preservation_psnr', 'control_scale', 'controls', 'mask_miou',
+          's_I', 's_T')
   lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
   for r in rows:
     lines.append('| ' + ' | '.join(_fmt(r.get(k)) for k in keys) + ' |')
@@ -335,7 +369,8 @@ def plot(rows, path):
   except ImportError:
     return
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  cn = [r for r in rows if r['method'] == 'controlnet']
+  cn = [r for r in rows if r['method'] == 'controlnet'
+        and r['task'] == 'edges2scene' and not r.get('controls')]
   axes[0].plot([r['control_scale'] for r in cn],
                [r['adherence'] for r in cn], 'o-')
   axes[0].set_xlabel('control_scale')

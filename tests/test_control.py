@@ -268,6 +268,85 @@ def test_ip2p_warm_start_mapping_zero_extra_channels(ip2p):
   assert k.shape[2] == 4 * 3 and not np.any(np.asarray(k))
 
 
+def test_ip2p_edit_weight_source_skip_and_cross_attention():
+  """The edit-weighted loss is the hand-computed weighted MSE; the source
+  skip returns source + U-Net output; cross-attention reads the
+  instruction; misuse of the options fails with the fix."""
+  from visgen.models import functional  # pylint: disable=g-import-not-at-top
+  from visgen.models import instruct  # pylint: disable=g-import-not-at-top
+  from visgen.objectives import predictions  # pylint: disable=g-import-not-at-top
+
+  c = config_loader.load('configs/ip2p_shapes.py:runlocal,prediction=x0,'
+                         'skip=True,xattn=True,edit_weight=5')
+  model = models.get_model('instruct_unet', rngs=nnx.Rngs(0), **{
+      k: v for k, v in dict(c.model).items() if k != 'name'})
+  assert model.cross and model.source_skip
+  graphdef, params = functional.split_model(model)
+  # Perturb every weight (zero-initialised projections included).
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  # Warm start from a base U-Net: the instruction encoder and the
+  # cross-attention are new (not copied), as the concat projection.
+  plan = warm_start.plan(list(param_tree.flatten(params)),
+                         instruct.XATTN_INIT_MAPPING)
+  assert 'unet/conv_in/kernel' in plan and not any(
+      '/cross/' in p or p.startswith(('unet/text/', 'text/',
+                                      'unet/concat_in/')) for p in plan)
+  apply = functional.make_apply(graphdef)
+  task = instruct_edit.InstructEditTask(c, apply=apply)
+  assert 'edit_mask' in task.batch_keys
+  assert set(task.batch_spec(4)) == set(task.batch_keys)
+  ex = image_cond.heldout_examples(c, 4)
+  batch = {k: jnp.asarray(ex[k]) for k in task.batch_keys}
+  key = jax.random.key(3)
+  loss, _, _ = task.loss(params, {}, {}, batch, key)
+  # The same loss by hand: the task's own draws, weight 5 on the mask.
+  k_drop, k_loss, _ = jax.random.split(key, 3)
+  x0 = task.to_x0(batch)
+  cond = task.cond(batch, k_drop)
+  k_t, k_eps = jax.random.split(k_loss)
+  t, _ = task.time_dist.sample(k_t, 4, path=task.path)
+  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+  x_t = task.path.sample_xt(x0=x0, eps=eps, t=t)
+  pred = apply(params, x_t, t, cond)
+  tgt = predictions.target('x0', x0=x0, eps=eps, t=t, path=task.path)
+  wmap = 1 + 4 * (np.asarray(ex['edit_mask'], np.float32) / 255)
+  mse = np.mean((wmap * (np.asarray(pred) - np.asarray(tgt)) ** 2
+                 ).reshape(4, -1), -1)
+  w = np.asarray(task.weighting(t=t, path=task.path, kind='x0'))
+  np.testing.assert_allclose(float(loss), float(np.mean(w * mse)),
+                             rtol=1e-4)
+  # Cross-attention reads the instruction: with the pooled instruction
+  # embedding silenced, two instructions still give different outputs.
+  net = nnx.merge(graphdef, params)
+  net.text.fc2.kernel[...] = jnp.zeros_like(net.text.fc2.kernel[...])
+  net.text.fc2.bias[...] = jnp.zeros_like(net.text.fc2.bias[...])
+  cond = task.eval_cond(ex)
+  swapped = dict(cond, instruction_tokens=cond['instruction_tokens'][::-1])
+  t4 = jnp.full((4,), 0.5)
+  xt = jax.random.normal(jax.random.key(2), (4, 8, 8, 3))
+  assert not np.allclose(np.asarray(net(xt, t4, cond)),
+                         np.asarray(net(xt, t4, swapped)), atol=1e-4)
+  # Source skip: with the U-Net's output layer at zero, x0 = the source.
+  net.unet.conv_out.kernel[...] = jnp.zeros_like(
+      net.unet.conv_out.kernel[...])
+  net.unet.conv_out.bias[...] = jnp.zeros_like(net.unet.conv_out.bias[...])
+  np.testing.assert_allclose(np.asarray(net(xt, t4, cond)),
+                             np.asarray(cond['concat']), atol=1e-6)
+  with pytest.raises(UserError, match="only means something for "
+                     "prediction='x0'"):
+    instruct_edit.InstructEditTask(config_loader.load(
+        'configs/ip2p_shapes.py:runlocal,skip=True'))
+  with pytest.raises(UserError, match='edit_weight must be >= 1'):
+    instruct_edit.InstructEditTask(config_loader.load(
+        'configs/ip2p_shapes.py:runlocal,edit_weight=0.5'))
+  with pytest.raises(ValueError, match='concat_channels .* must equal'):
+    instruct.InstructUNet(rngs=nnx.Rngs(0), unet=dict(
+        c.model.unet, concat_channels=1), source_skip=True)
+
+
 # ----------------------------------------------------------------------------
 # Bridges.
 # ----------------------------------------------------------------------------

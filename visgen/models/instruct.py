@@ -26,6 +26,11 @@ from visgen.models import unet as unet_lib
 
 INIT_MAPPING = (('unet/concat_in/.*', None), ('text/.*', None),
                 ('unet/(.*)', r'\1'))
+# With cross-attention (`unet.text_encoder`): the instruction encoder and the
+# attention blocks' cross-attention are new too (a base without them).
+XATTN_INIT_MAPPING = (('unet/text/.*', None),
+                      ('unet/.*/cross/.*', None)) + INIT_MAPPING
+TEXT_KEYS = ('text_tokens', 'text_mask')
 
 
 def scene_vocab_size() -> int:
@@ -59,11 +64,18 @@ class InstructionEmbedder(nnx.Module):
 
 
 class InstructUNet(nnx.Module):
-  """(x_t, t, cond{'concat': source, text_key: tokens}) -> prediction."""
+  """(x_t, t, cond{'concat': source, text_key: tokens}) -> prediction.
+
+  `source_skip=True` (x0 prediction only; the task checks) returns the
+  source plus the U-Net's output: the network learns the edit as a change
+  of the source (zero where nothing changes) instead of re-drawing the
+  scene; dropped images (zeros) make it the plain generator.
+  """
 
   def __init__(self, *, rngs: nnx.Rngs, unet: dict, vocab_size: int = 0,
                max_len: int = 12, text_dim: int = 16,
-               text_key: str = 'instruction_tokens'):
+               text_key: str = 'instruction_tokens',
+               source_skip: bool = False):
     kw = dict(unet)
     kw.pop('name', None)
     if isinstance(kw.get('dtype'), str):
@@ -78,12 +90,34 @@ class InstructUNet(nnx.Module):
     self.text = InstructionEmbedder(vocab_size or scene_vocab_size(),
                                     max_len, text_dim, emb_dim, rngs=rngs)
     self.text_key = text_key
-    self.cond_keys = self.unet.cond_keys + (text_key,)
+    if source_skip and kw['concat_channels'] != self.unet.out_channels:
+      raise ValueError(
+          f'InstructUNet(source_skip=True) adds the source to the output: '
+          f"unet.concat_channels ({kw['concat_channels']}) must equal the "
+          f'output channels ({self.unet.out_channels}).')
+    self.source_skip = source_skip
+    # With `unet.text_encoder` (e.g. scene_text) the U-Net's attention
+    # blocks also cross-attend to the encoded instruction (SD's route in
+    # the paper); its token ids and mask come from cond[text_key].
+    self.cross = self.unet.text is not None
+    self.cond_keys = tuple(
+        k for k in self.unet.cond_keys if k not in TEXT_KEYS) + (text_key,)
     self.input_size, self.in_channels = self.unet.input_size, (
         self.unet.in_channels)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict | None = None,
                *, train: bool = False, rngs: nnx.Rngs | None = None):
     cond = layers.check_cond(cond, self.cond_keys, 'InstructUNet')
-    return self.unet(x_t, t, cond, train=train, rngs=rngs,
-                     extra_emb=self.text(cond[self.text_key]))
+    tokens = cond[self.text_key]
+    if self.cross:
+      present = jnp.asarray(tokens) > 0
+      # All padding (the dropped / null instruction) reads the learned null.
+      cond = dict(cond, text_tokens=tokens, text_mask=present,
+                  text_null=~present.any(-1))
+    out = self.unet(x_t, t, cond, train=train, rngs=rngs,
+                    extra_emb=self.text(tokens))
+    if self.source_skip:
+      # x0 = source + a learned change: copying is the identity, and the
+      # null image (zeros) leaves plain generation.
+      out = out + cond['concat'].astype(out.dtype)
+    return out

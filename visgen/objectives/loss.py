@@ -39,14 +39,17 @@ from visgen.objectives.time_dists import get_time_dist
 from visgen.objectives.weightings import get_weighting
 
 
-def per_example_mse(pred, target):
+def per_example_mse(pred, target, pixel_weight=None):
   err = (pred - target).astype(jnp.float32) ** 2
+  if pixel_weight is not None:
+    err = err * jnp.broadcast_to(pixel_weight, err.shape)
   return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
 
 
 def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
                  weighting='uniform', time_dist='uniform', y=None,
-                 time_state=None, t=None, eps=None, learned_variance=None):
+                 time_state=None, t=None, eps=None, learned_variance=None,
+                 pixel_weight=None):
   """The loss of one batch.
 
   Args:
@@ -66,6 +69,9 @@ def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
       of T steps, and each example's loss is
       correction * (w mse + lambda T L_vlb), with L_vlb (bits / dim) using
       the stopped prediction, so it trains only the variance.
+    pixel_weight: None, or weights broadcastable to x0 multiplying the
+      squared error element-wise before the mean (e.g. an edit task's
+      emphasis on the pixels its edit may change); None is all ones.
 
   Returns:
     (scalar loss, aux) where aux holds per-example `t`, `mse` (the unweighted
@@ -103,7 +109,7 @@ def unified_loss(apply_fn, *, x0, cond, key, path, prediction='eps',
     raise ValueError(f'The network returned shape {pred.shape} for data of '
                      f'shape {x0.shape}; they must match.')
   tgt = predictions.target(prediction, x0=x0, eps=eps, t=t, path=path, y=y)
-  mse = per_example_mse(pred, tgt)
+  mse = per_example_mse(pred, tgt, pixel_weight)
   w = weighting(t=t, path=path, kind=prediction)
   per_example = w * mse
   aux = dict(t=t, mse=mse)

@@ -187,9 +187,15 @@ class GenerationTask:
         apply_fn, x0=x0, cond=self.cond(batch, k_drop), key=k_loss,
         path=self.path, prediction=self.prediction, weighting=self.weighting,
         time_dist=self.time_dist, time_state=time_state,
-        learned_variance=self.learned_variance)
+        learned_variance=self.learned_variance,
+        pixel_weight=self.pixel_weight(batch))
     metrics = {k: aux[k] for k in ('mse', 'vlb') if k in aux}
     return loss, metrics, self.update_state(task_state, aux)
+
+  def pixel_weight(self, batch: dict):
+    """Element-wise weights of the squared error (None: uniform)."""
+    del batch
+    return None
 
   def update_state(self, task_state, aux: dict):
     """Pushes each example's loss at its sampled t into the importance

@@ -59,6 +59,13 @@ class InstructEditTask(image_cond.HeldoutCond, generation.GenerationTask):
     self.p_text = float(t.get('text_dropout', 0.05))
     self.p_both = float(t.get('both_dropout', 0.05))
     self.image_cfg_scale = float(t.get('image_cfg_scale', 1.5))
+    # Squared error inside the edit mask counts `edit_weight` times (1: the
+    # paper's plain loss): the few changed pixels carry all of the
+    # instruction's signal.
+    self.edit_weight = float(t.get('edit_weight', 1.0))
+    if self.edit_weight < 1:
+      raise UserError('config.task.edit_weight must be >= 1 (1 = the plain '
+                      f'loss), got {self.edit_weight}.')
     if min(self.p_image, self.p_text, self.p_both) < 0 or (
         self.p_image + self.p_text + self.p_both > 1):
       raise UserError('config.task image_dropout, text_dropout and '
@@ -70,9 +77,16 @@ class InstructEditTask(image_cond.HeldoutCond, generation.GenerationTask):
           'instruct_edit reads tokenised instructions: set '
           "config.data.tokenizer = dict(name='scene_words', max_len=10, "
           "keys=('instruction',)).")
+    if config.model.get('source_skip') and config.prediction != 'x0':
+      raise UserError(
+          'instruct_edit: config.model.source_skip adds the source image to '
+          "the network's output, which only means something for "
+          f"prediction='x0' (got {config.prediction!r}); set "
+          "config.prediction = 'x0' or source_skip = False.")
     self.size = int(self.x_shape[0])
     self.config = config
-    self.batch_keys = (self.source_key, self.target_key, self.text_key)
+    self.batch_keys = (self.source_key, self.target_key, self.text_key) + (
+        ('edit_mask',) if self.edit_weight != 1 else ())
 
   # -- Batch -> (x0, cond) --------------------------------------------------
 
@@ -120,11 +134,24 @@ class InstructEditTask(image_cond.HeldoutCond, generation.GenerationTask):
       concat, tokens = self.drop(key, concat, tokens)
     return {'concat': concat, self.text_key: tokens}
 
+  def pixel_weight(self, batch: dict):
+    if self.edit_weight == 1:
+      return None
+    if 'edit_mask' not in batch:
+      raise UserError('instruct_edit: config.task.edit_weight needs the '
+                      "batch's 'edit_mask' (the shapes_edit dataset has it).")
+    m = jnp.asarray(batch['edit_mask'], jnp.float32) / 255.0
+    return 1.0 + (self.edit_weight - 1.0) * m
+
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     img = jax.ShapeDtypeStruct((batch_size,) + self.x_shape, jnp.uint8)
-    return {self.source_key: img, self.target_key: img,
+    spec = {self.source_key: img, self.target_key: img,
             self.text_key: jax.ShapeDtypeStruct((batch_size, self.max_len),
                                                 jnp.int32)}
+    if self.edit_weight != 1:
+      spec['edit_mask'] = jax.ShapeDtypeStruct(
+          (batch_size,) + self.x_shape[:2] + (1,), jnp.uint8)
+    return spec
 
   # -- Sampling -------------------------------------------------------------
 
