@@ -183,6 +183,14 @@ def test_unified_loss_plumbing_and_errors():
   eps = jax.random.normal(jax.random.split(jax.random.key(0))[1], x0.shape)
   np.testing.assert_allclose(loss, jnp.mean((eps - x0) ** 2), rtol=1e-5)
   assert aux['t'].shape == (8,)
+  # Element-wise weights multiply the squared error before the mean.
+  pw = jnp.asarray([[1.0, 3.0]])
+  loss_w, _ = unified_loss(net, x0=x0, cond=cond, key=jax.random.key(0),
+                           path='linear', prediction='velocity',
+                           weighting='uniform', time_dist='logit_normal',
+                           pixel_weight=pw)
+  np.testing.assert_allclose(loss_w, jnp.mean(pw * (eps - x0) ** 2),
+                             rtol=1e-5)
   with pytest.raises(ValueError, match='bridge'):
     unified_loss(net, x0=x0, cond=None, key=jax.random.key(0),
                  path='bridge_vp')
