@@ -255,7 +255,8 @@ def test_ip2p_contract_dropout_and_missing_source(ip2p):
 
 def test_ip2p_warm_start_mapping_zero_extra_channels(ip2p):
   from visgen.models import instruct  # pylint: disable=g-import-not-at-top
-  c, _ = ip2p
+  del ip2p
+  c = config_loader.load('configs/ip2p_shapes.py:runlocal,xattn=False')
   kw = dict(c.model)
   kw.pop('name')
   params = models.split_model(models.get_model(
@@ -265,7 +266,7 @@ def test_ip2p_warm_start_mapping_zero_extra_channels(ip2p):
   assert plan['unet/conv_in/kernel'] == 'conv_in/kernel'
   assert not any(p.startswith(('unet/concat_in/', 'text/')) for p in plan)
   k = flat['unet/concat_in/kernel']
-  assert k.shape[2] == 4 * 3 and not np.any(np.asarray(k))
+  assert k.shape[2] == c.model.unet.patch ** 2 * 3 and not np.any(np.asarray(k))
 
 
 def test_ip2p_edit_weight_source_skip_and_cross_attention():
@@ -338,7 +339,7 @@ def test_ip2p_edit_weight_source_skip_and_cross_attention():
   with pytest.raises(UserError, match="only means something for "
                      "prediction='x0'"):
     instruct_edit.InstructEditTask(config_loader.load(
-        'configs/ip2p_shapes.py:runlocal,skip=True'))
+        'configs/ip2p_shapes.py:runlocal,prediction=velocity,skip=True'))
   with pytest.raises(UserError, match='edit_weight must be >= 1'):
     instruct_edit.InstructEditTask(config_loader.load(
         'configs/ip2p_shapes.py:runlocal,edit_weight=0.5'))
