@@ -76,8 +76,9 @@ def get_config(arg=None):
     unet.update(model_channels=8, channel_mult=(1, 2), mid_attention=False)
   c.task = dict(name='instruct_edit', x_shape=(res, res, 3),
                 image_dropout=0.05, text_dropout=0.05, both_dropout=0.05,
-                image_cfg_scale=arg.image_cfg_scale,
-                edit_weight=arg.edit_weight)
+                image_cfg_scale=arg.image_cfg_scale)
+  if arg.edit_weight != 1:
+    c.task.edit_weight = arg.edit_weight
   c.model = dict(name='instruct_unet', unet=dict(unet, concat_channels=3),
                  max_len=MAX_LEN, text_dim=16, source_skip=bool(arg.skip))
   if arg.base:
