@@ -80,7 +80,9 @@ def get_config(arg=None):
   if arg.edit_weight != 1:
     c.task.edit_weight = arg.edit_weight
   c.model = dict(name='instruct_unet', unet=dict(unet, concat_channels=3),
-                 max_len=MAX_LEN, text_dim=16, source_skip=bool(arg.skip))
+                 max_len=MAX_LEN, text_dim=16)
+  if arg.skip:
+    c.model.source_skip = True
   if arg.base:
     # The base's class table is not copied (the edit model has no labels).
     base = dict(unet, num_classes=4)

@@ -1,0 +1,165 @@
+r"""InstructPix2Pix at 16x16: which design choices make the edit model read
+its instruction.
+
+  python -m experiments.ip2p_ablation --workdir=DIR [--variants=a,b,...]
+
+Trains each variant of configs/ip2p_shapes.py under DIR/<variant> (a run
+whose metrics.json exists is reused; `f` warm-starts from `e`'s EMA
+weights) and scores it on the first `--n_eval` held-out `shapes_edit`
+pairs:
+
+* the one-step x0 prediction at t in T_GRID from x_t of the true edit
+  target, with the instruction and with the null instruction: squared
+  error inside the edit mask (`mse_in`; the gap between the two is how much
+  the model uses its instruction) and the fraction of edit-mask pixels whose
+  oracle colour is right (`inside`);
+* sampled edits over the s_I x s_T grid of experiments.control_editing:
+  edit success and preservation PSNR (`control_editing.edit_scores`).
+
+Writes DIR/results.json, a Markdown table and DIR/ip2p_ablation.png (x0
+error inside the edit mask against t, with and without the instruction).
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import control_editing as ce
+from visgen import config_loader
+from visgen import logging_lib
+from visgen.data import preprocess
+from visgen.tasks import image_cond
+
+COMMON = 'res=16,batch=16,width=32,sampler=euler,sampler_steps=16'
+# name -> (configs/ip2p_shapes.py arguments, warm start from, what changes)
+VARIANTS = {
+    'a': ('steps=2000,patch=1,prediction=x0,skip=False,xattn=False,'
+          't_mean=0', None, 'x0 prediction, patch 1'),
+    'b': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=False,t_mean=0',
+          None, '+ source skip'),
+    'c': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=0',
+          None, '+ cross-attention'),
+    'd': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
+          'loss_space=x0', None, '+ time shift, x0-space loss'),
+    'e': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1',
+          None, 'time shift, velocity loss, 6000 steps (the default)'),
+    'f': ('steps=4000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
+          'edit_weight=5,lr=5e-4', 'e', 'e + 4000 steps, edit weight 5'),
+}
+T_GRID = (0.99, 0.9, 0.7, 0.5, 0.3, 0.1)
+GRID = [(s_i, s_t) for s_i in (1.0, 1.5, 2.0) for s_t in (1.0, 3.0, 5.0)]
+
+
+def one_step(b, params, cond, ex, key):
+  """Per t: inside accuracy and mse inside the mask, with / without text."""
+  x0 = preprocess.to_float(jnp.asarray(ex['edited_image']))
+  net = jax.jit(b.task.network(params))
+  m = ex['edit_mask'][..., 0] > 0
+  eps = jax.random.normal(key, x0.shape)
+  out = {}
+  for t in T_GRID:
+    xt = (1 - t) * x0 + t * eps
+    tt = jnp.full((x0.shape[0],), t)
+    for name, c in (('text', cond), ('null', b.task.null_text(cond))):
+      pred = np.asarray(net(xt, tt, c))
+      po = ce.parse_colours(preprocess.to_uint8(pred))
+      pt = ce.parse_colours(ex['edited_image'])
+      inside = ((po == pt) & m).sum((1, 2)) / m.sum((1, 2))
+      err = ((pred - np.asarray(x0)) ** 2).mean(-1)
+      out.setdefault(name, {})[str(t)] = dict(
+          inside=float(inside.mean()),
+          mse_in=float((err * m).sum() / m.sum()))
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog='python -m experiments.ip2p_ablation')
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--variants', default=','.join(VARIANTS))
+  p.add_argument('--n_eval', type=int, default=64)
+  a = p.parse_args(argv)
+  os.makedirs(a.workdir, exist_ok=True)
+  results = {}
+  for name in a.variants.split(','):
+    if name not in VARIANTS:
+      raise SystemExit(f'Unknown variant {name!r}; valid: '
+                       f'{", ".join(VARIANTS)}.')
+    arg, init, what = VARIANTS[name]
+    c = ce.load_config('ip2p_shapes', f'{COMMON},{arg}')
+    if init:
+      c.init_from = dict(source='workdir:' + os.path.join(a.workdir, init),
+                         weights='ema', mapping=(('(.*)', r'\1'),))
+    c.num_grid_samples = 16
+    c.eval = {}
+    c.ckpt_every = c.total_steps
+    c.data.num_threads = 0
+    d = ce.run(a.workdir, name, c)
+    c = config_loader.load_workdir(d)
+    b, params = ce.restored(c, d)
+    ex = image_cond.heldout_examples(c, a.n_eval)
+    cond = jax.tree.map(jnp.asarray, b.task.eval_cond(ex))
+    row = dict(what=what, config=arg, init_from=init,
+               one_step=one_step(b, params, cond, ex, jax.random.key(1)),
+               sampled=[])
+    for s_i, s_t in GRID:
+      x, nfe = ce.sample(b, params, cond, a.n_eval, jax.random.key(0),
+                         guidance=s_t, image_guidance=s_i)
+      ok, psnr = ce.edit_scores(x, ex['image'], ex['edited_image'],
+                                ex['edit_mask'])
+      row['sampled'].append(dict(s_I=s_i, s_T=s_t, nfe=nfe,
+                                 edit_success=ok, preservation_psnr=psnr))
+    results[name] = row
+    print(name, what, max(r['edit_success'] for r in row['sampled']),
+          flush=True)
+  logging_lib.write_json(os.path.join(a.workdir, 'results.json'),
+                         dict(variants=results, settings=vars(a)))
+  print(table(results))
+  plot(results, os.path.join(a.workdir, 'ip2p_ablation.png'))
+  return results
+
+
+def table(results) -> str:
+  lines = ['| variant | what | mse_in t=0.99 (text / null) | inside t=0.3 '
+           '(text / null) | best edit success (s_I, s_T) | preservation '
+           'PSNR there |', '|---|---|---|---|---|---|']
+  for name, r in results.items():
+    hi, lo = r['one_step'], '0.3'
+    best = max(r['sampled'], key=lambda x: (x['edit_success'],
+                                            x['preservation_psnr']))
+    lines.append(
+        f"| {name} | {r['what']} | {hi['text']['0.99']['mse_in']:.3f} / "
+        f"{hi['null']['0.99']['mse_in']:.3f} | "
+        f"{hi['text'][lo]['inside']:.3f} / {hi['null'][lo]['inside']:.3f} | "
+        f"{best['edit_success']:.3f} ({best['s_I']}, {best['s_T']}) | "
+        f"{best['preservation_psnr']:.1f} dB |")
+  return '\n'.join(lines)
+
+
+def plot(results, path):
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (name, r) in enumerate(results.items()):
+    colour = f'C{i}'
+    for kind, style in (('text', '-'), ('null', ':')):
+      ax.plot(T_GRID, [r['one_step'][kind][str(t)]['mse_in'] for t in T_GRID],
+              style, color=colour,
+              label=f'{name}: {r["what"]}' if kind == 'text' else None)
+  ax.set_xlabel('t (noise level)')
+  ax.set_ylabel('x0 error inside the edit mask')
+  ax.set_title('solid: with the instruction, dotted: null instruction')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
