@@ -33,6 +33,7 @@ def test_unet_zero_init_shapes_and_null_class():
   assert n_attn == 1 + 2 + 1
 
 
+@pytest.mark.usefixtures('full_opt')
 def test_unet_dropout_remat_and_apply():
   m = models.get_model('unet', rngs=nnx.Rngs(0), dropout=0.5, **TINY)
   graphdef, params = models.split_model(m)
