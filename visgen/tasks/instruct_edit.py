@@ -21,6 +21,11 @@ e(0,0) + s_I (e(c_I,0) - e(0,0)) + s_T (e(c_I,c_T) - e(c_I,0)), whose
 text scale s_T is the task contract's `guidance` and s_I `image_guidance`
 (default `config.task.image_cfg_scale`, 1.5 as in the paper).
 The path / prediction / weighting / time distribution are the config's.
+Options measured in configs/ip2p_shapes.py: `config.model.source_skip`
+(x0 = source + network output; x0 prediction only) and
+`config.task.edit_weight` (squared error on the edit mask counted k times,
+through `unified_loss(..., pixel_weight=)`; the batch then carries
+'edit_mask').
 """
 
 from typing import Any
