@@ -16,11 +16,13 @@ pairs:
 * sampled edits over the s_I x s_T grid of experiments.control_editing:
   edit success and preservation PSNR (`control_editing.edit_scores`).
 
-Writes DIR/results.json, a Markdown table and DIR/ip2p_ablation.png (x0
-error inside the edit mask against t, with and without the instruction).
+Writes DIR/results.json (variants scored by earlier invocations are kept),
+a Markdown table and DIR/ip2p_ablation.png (x0 error inside the edit mask
+against t, with and without the instruction).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -49,6 +51,9 @@ VARIANTS = {
           None, 'time shift, velocity loss, 6000 steps (the default)'),
     'f': ('steps=4000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
           'edit_weight=5,lr=5e-4', 'e', 'e + 4000 steps, edit weight 5'),
+    'g': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
+          'edit_weight=5,lr=5e-4,sampler_steps=4', 'f',
+          'f + 6000 steps (16000 in all), Euler 4'),
 }
 T_GRID = (0.99, 0.9, 0.7, 0.5, 0.3, 0.1)
 GRID = [(s_i, s_t) for s_i in (1.0, 1.5, 2.0) for s_t in (1.0, 3.0, 5.0)]
@@ -115,8 +120,13 @@ def main(argv=None):
     results[name] = row
     print(name, what, max(r['edit_success'] for r in row['sampled']),
           flush=True)
-  logging_lib.write_json(os.path.join(a.workdir, 'results.json'),
-                         dict(variants=results, settings=vars(a)))
+  # Variants scored by earlier invocations stay in results.json.
+  path = os.path.join(a.workdir, 'results.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      results = {**json.load(f)['variants'], **results}
+    results = {k: results[k] for k in VARIANTS if k in results}
+  logging_lib.write_json(path, dict(variants=results, settings=vars(a)))
   print(table(results))
   plot(results, os.path.join(a.workdir, 'ip2p_ablation.png'))
   return results
