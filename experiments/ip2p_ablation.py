@@ -54,6 +54,9 @@ VARIANTS = {
     'g': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
           'edit_weight=5,lr=5e-4,sampler_steps=4', 'f',
           'f + 6000 steps (16000 in all), Euler 4'),
+    'h': ('steps=7000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
+          'edit_weight=5,lr=5e-4,sampler_steps=4', 'g',
+          'g + 7000 steps (23000 in all), Euler 4'),
 }
 T_GRID = (0.99, 0.9, 0.7, 0.5, 0.3, 0.1)
 GRID = [(s_i, s_t) for s_i in (1.0, 1.5, 2.0) for s_t in (1.0, 3.0, 5.0)]
