@@ -36,6 +36,10 @@ conditions, real-against-real FID) and of the uncontrolled base. Sweeps:
 ControlNet control_scale, InstructPix2Pix s_I x s_T. DDBM's claim (a bridge
 beats conditional diffusion on paired translation at equal NFE) is tested
 by the ddbm_* and cond_* rows (NFE in each row).
+
+`--only=ip2p` trains (or reuses) DIR/ip2p alone and puts its grid in place
+of the ip2p rows of an existing DIR/results.json (e.g. a copy of a full
+run's), recording its arguments as `settings_ip2p`.
 """
 
 import argparse
@@ -194,12 +198,18 @@ def main(argv=None):
                  'steps=6000,patch=1 (later keys win over the common ones)')
   p.add_argument('--quick', action='store_true',
                  help='only the edges rows and the edit rows')
+  p.add_argument('--only', default='', choices=('', 'ip2p'),
+                 help='ip2p: train (or reuse DIR/ip2p) and score only the '
+                 'InstructPix2Pix rows; they replace the ip2p rows of an '
+                 'existing DIR/results.json, whose other rows are kept')
   a = p.parse_args(argv)
   os.makedirs(a.workdir, exist_ok=True)
   t_start = time.time()
   common = f'res={a.res},steps={a.steps},batch={a.batch},width={a.width}'
   key = jax.random.key(0)
   n = a.n_eval
+  if a.only:
+    return only_ip2p(a, common, key)
 
   def finish(c):
     c.num_grid_samples = 16
@@ -297,27 +307,7 @@ def main(argv=None):
                 preservation_psnr=None))
 
   # -- Editing: InstructPix2Pix (s_I x s_T grid) and DDBM.
-  edit_test = image_cond.heldout_examples(
-      load_config('ip2p_shapes', f'res={a.res}'), n)
-  floor['edit_success_identity'], floor['preservation_psnr_identity'] = (
-      edit_scores(edit_test['image'], edit_test['image'],
-                  edit_test['edited_image'], edit_test['edit_mask']))
-  floor['edit_success_real'], _ = edit_scores(
-      edit_test['edited_image'], edit_test['image'],
-      edit_test['edited_image'], edit_test['edit_mask'])
-  c = finish(load_config('ip2p_shapes', ','.join(
-      x for x in (common, a.ip2p) if x)))
-  b, params = restored(c, run(a.workdir, 'ip2p', c))
-  cond = jax.tree.map(jnp.asarray, b.task.eval_cond(edit_test))
-  for s_i in (1.0, 1.5, 2.0):
-    for s_t in (1.0, 3.0, 5.0):
-      x, nfe = sample(b, params, cond, n, key, guidance=s_t,
-                      image_guidance=s_i)
-      ok, psnr = edit_scores(x, edit_test['image'], edit_test['edited_image'],
-                             edit_test['edit_mask'])
-      emit(dict(task='edit', method='ip2p', nfe=nfe,
-                fid=fid(x, ref), adherence=None, edit_success=ok,
-                preservation_psnr=psnr, s_I=s_i, s_T=s_t))
+  edit_test = ip2p_rows(a, common, key, ref, floor, emit)
   c = finish(load_config('ddbm_shapes', f'{common},source=image,'
                          f'sampler_steps={a.ddbm_steps}'))
   b, params = restored(c, run(a.workdir, 'ddbm_edit', c))
@@ -333,6 +323,66 @@ def main(argv=None):
   logging_lib.write_json(os.path.join(a.workdir, 'results.json'), out)
   print(table(rows, floor))
   plot(rows, os.path.join(a.workdir, 'control_editing.png'))
+  return out
+
+
+def ip2p_rows(a, common, key, ref, floor, emit):
+  """Trains (or reuses) DIR/ip2p and emits its s_I x s_T grid rows; adds
+  the edit floors (the identity edit, the real edit) to `floor`."""
+  n = a.n_eval
+  edit_test = image_cond.heldout_examples(
+      load_config('ip2p_shapes', f'res={a.res}'), n)
+  floor['edit_success_identity'], floor['preservation_psnr_identity'] = (
+      edit_scores(edit_test['image'], edit_test['image'],
+                  edit_test['edited_image'], edit_test['edit_mask']))
+  floor['edit_success_real'], _ = edit_scores(
+      edit_test['edited_image'], edit_test['image'],
+      edit_test['edited_image'], edit_test['edit_mask'])
+  c = load_config('ip2p_shapes', ','.join(x for x in (common, a.ip2p) if x))
+  c.num_grid_samples = 16
+  c.eval = {}
+  c.ckpt_every = min(c.total_steps, 2000)
+  c.data.num_threads = 0
+  d = run(a.workdir, 'ip2p', c)
+  with open(os.path.join(d, 'metrics.json')) as f:
+    floor['ip2p_train_s'] = round(json.load(f)['train_wall_time_s'], 1)
+  b, params = restored(c, d)
+  cond = jax.tree.map(jnp.asarray, b.task.eval_cond(edit_test))
+  for s_i in (1.0, 1.5, 2.0):
+    for s_t in (1.0, 3.0, 5.0):
+      x, nfe = sample(b, params, cond, n, key, guidance=s_t,
+                      image_guidance=s_i)
+      ok, psnr = edit_scores(x, edit_test['image'], edit_test['edited_image'],
+                             edit_test['edit_mask'])
+      emit(dict(task='edit', method='ip2p', nfe=nfe,
+                fid=fid(x, ref), adherence=None, edit_success=ok,
+                preservation_psnr=psnr, s_I=s_i, s_T=s_t))
+  return edit_test
+
+
+def only_ip2p(a, common, key):
+  """--only=ip2p: the IP2P rows alone, merged into DIR/results.json."""
+  path = os.path.join(a.workdir, 'results.json')
+  old = dict(rows=[], floor={}, settings={})
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  ref = image_cond.heldout_examples(
+      config_lib_dict('shapes', a.res), a.n_ref)['image']
+  rows, floor = [], dict(old['floor'])
+  _ = ip2p_rows(a, common, key, ref, floor, lambda r: (
+      rows.append(r), print(r, flush=True)))
+  # The new ip2p rows take the place of the old ones (or follow the DDBM
+  # edit row's predecessors when there were none).
+  kept = [r for r in old['rows'] if r['method'] != 'ip2p']
+  at = next((i for i, r in enumerate(kept)
+             if r['task'] == 'edit'), len(kept))
+  out = dict(old, rows=kept[:at] + rows + kept[at:], floor=floor,
+             settings_ip2p=vars(a))
+  out.setdefault('settings', vars(a))
+  logging_lib.write_json(path, out)
+  print(table(out['rows'], floor))
+  plot(out['rows'], os.path.join(a.workdir, 'control_editing.png'))
   return out
 
 
