@@ -34,6 +34,7 @@ from experiments import control_editing as ce
 from visgen import config_loader
 from visgen import logging_lib
 from visgen.data import preprocess
+from visgen.data import shapes_edit
 from visgen.tasks import image_cond
 
 COMMON = 'res=16,batch=16,width=32,sampler=euler,sampler_steps=16'
@@ -116,7 +117,7 @@ def main(argv=None):
     b, params = ce.restored(c, d)
     ex = image_cond.heldout_examples(c, a.n_eval)
     cond = jax.tree.map(jnp.asarray, b.task.eval_cond(ex))
-    row = dict(what=what, config=arg, init_from=init,
+    row = dict(what=what, config=arg, init_from=init, n_eval=a.n_eval,
                one_step=one_step(b, params, cond, ex, jax.random.key(1)),
                sampled=[])
     for s_i, s_t in GRID:
@@ -124,8 +125,15 @@ def main(argv=None):
                          guidance=s_t, image_guidance=s_i)
       ok, psnr = ce.edit_scores(x, ex['image'], ex['edited_image'],
                                 ex['edit_mask'])
+      kinds = np.asarray(ex['edit_type'])
+      by_type = {
+          kind: ce.edit_scores(x[kinds == j], ex['image'][kinds == j],
+                               ex['edited_image'][kinds == j],
+                               ex['edit_mask'][kinds == j])[0]
+          for j, kind in enumerate(shapes_edit.EDIT_TYPES) if (kinds == j).any()}
       row['sampled'].append(dict(s_I=s_i, s_T=s_t, nfe=nfe,
-                                 edit_success=ok, preservation_psnr=psnr))
+                                 edit_success=ok, preservation_psnr=psnr,
+                                 edit_success_by_type=by_type))
     results[name] = row
     print(name, what, max(r['edit_success'] for r in row['sampled']),
           flush=True)
@@ -144,7 +152,8 @@ def main(argv=None):
 def table(results) -> str:
   lines = ['| variant | what | mse_in t=0.99 (text / null) | inside t=0.3 '
            '(text / null) | best edit success (s_I, s_T) | preservation '
-           'PSNR there |', '|---|---|---|---|---|---|']
+           'PSNR there | there by type (recolour / move / resize) |',
+           '|---|---|---|---|---|---|---|']
   for name, r in results.items():
     hi, lo = r['one_step'], '0.3'
     best = max(r['sampled'], key=lambda x: (x['edit_success'],
@@ -154,7 +163,10 @@ def table(results) -> str:
         f"{hi['null']['0.99']['mse_in']:.3f} | "
         f"{hi['text'][lo]['inside']:.3f} / {hi['null'][lo]['inside']:.3f} | "
         f"{best['edit_success']:.3f} ({best['s_I']}, {best['s_T']}) | "
-        f"{best['preservation_psnr']:.1f} dB |")
+        f"{best['preservation_psnr']:.1f} dB | "
+        + (' / '.join(f"{best['edit_success_by_type'].get(k, float('nan')):.2f}"
+                      for k in shapes_edit.EDIT_TYPES)
+           if 'edit_success_by_type' in best else '-') + ' |')
   return '\n'.join(lines)
 
 
