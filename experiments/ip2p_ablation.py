@@ -14,11 +14,13 @@ pairs:
   the model uses its instruction) and the fraction of edit-mask pixels whose
   oracle colour is right (`inside`);
 * sampled edits over the s_I x s_T grid of experiments.control_editing:
-  edit success and preservation PSNR (`control_editing.edit_scores`).
+  edit success and preservation PSNR (`control_editing.edit_scores`);
+* edit success against the number of Euler steps (`--nfe_sweep`) at the
+  best grid point.
 
 Writes DIR/results.json (variants scored by earlier invocations are kept),
 a Markdown table and DIR/ip2p_ablation.png (x0 error inside the edit mask
-against t, with and without the instruction).
+against t, with and without the instruction; edit success against NFE).
 """
 
 import argparse
@@ -96,6 +98,8 @@ def main(argv=None):
   p.add_argument('--workdir', required=True)
   p.add_argument('--variants', default=','.join(VARIANTS))
   p.add_argument('--n_eval', type=int, default=64)
+  p.add_argument('--nfe_sweep', default='1,2,4,8,16',
+                 help='Euler steps tried at the best (s_I, s_T); empty: none')
   a = p.parse_args(argv)
   os.makedirs(a.workdir, exist_ok=True)
   results = {}
@@ -134,6 +138,17 @@ def main(argv=None):
       row['sampled'].append(dict(s_I=s_i, s_T=s_t, nfe=nfe,
                                  edit_success=ok, preservation_psnr=psnr,
                                  edit_success_by_type=by_type))
+    # Euler steps at the best grid point (the edit is a function of source
+    # and instruction, so few steps may do).
+    best = max(row['sampled'], key=lambda r: (r['edit_success'],
+                                              r['preservation_psnr']))
+    row['nfe_sweep'] = []
+    for steps in (int(x) for x in a.nfe_sweep.split(',') if x):
+      x, nfe = sample_steps(b, params, cond, a.n_eval, steps, best)
+      ok, psnr = ce.edit_scores(x, ex['image'], ex['edited_image'],
+                                ex['edit_mask'])
+      row['nfe_sweep'].append(dict(steps=steps, nfe=nfe, edit_success=ok,
+                                   preservation_psnr=psnr))
     results[name] = row
     print(name, what, max(r['edit_success'] for r in row['sampled']),
           flush=True)
@@ -147,6 +162,17 @@ def main(argv=None):
   print(table(results))
   plot(results, os.path.join(a.workdir, 'ip2p_ablation.png'))
   return results
+
+
+def sample_steps(b, params, cond, n, steps, at):
+  """n edits with the config's sampler at `steps` steps, at the guidance
+  scales of `at` (a 'sampled' row)."""
+  sampler = dict(b.config.sampler, steps=steps)
+  fn = jax.jit(lambda p, f, c, k: b.task.sample(
+      p, f, c, k, n=n, return_info=True, sampler=sampler,
+      guidance=jnp.float32(at['s_T']), image_guidance=jnp.float32(at['s_I'])))
+  x, info = fn(params, b.frozen.params, cond, jax.random.key(0))
+  return preprocess.to_uint8(np.asarray(x)), int(info['nfe'])
 
 
 def table(results) -> str:
@@ -177,7 +203,18 @@ def plot(results, path):
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   except ImportError:
     return
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  for i, (name, r) in enumerate(results.items()):
+    if r.get('nfe_sweep'):
+      ax2.plot([x['nfe'] for x in r['nfe_sweep']],
+               [x['edit_success'] for x in r['nfe_sweep']], 'o-',
+               color=f'C{i}', label=name)
+  ax2.set_xscale('log')
+  ax2.set_xlabel('NFE (Euler steps; 3 evaluations each with dual CFG)')
+  ax2.set_ylabel('edit success')
+  ax2.set_title('at the best (s_I, s_T)')
+  ax2.axhline(0.6, ls='--', color='grey')
+  ax2.legend(fontsize=7)
   for i, (name, r) in enumerate(results.items()):
     colour = f'C{i}'
     for kind, style in (('text', '-'), ('null', ':')):
