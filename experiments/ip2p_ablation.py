@@ -210,6 +210,11 @@ def plot(results, path):
                [x['edit_success'] for x in r['nfe_sweep']], 'o-',
                color=f'C{i}', label=name)
   ax2.set_xscale('log')
+  ticks = sorted({x['nfe'] for r in results.values()
+                  for x in r.get('nfe_sweep', [])})
+  if ticks:
+    ax2.set_xticks(ticks, [str(t) for t in ticks])
+    ax2.minorticks_off()
   ax2.set_xlabel('NFE (Euler steps; 3 evaluations each with dual CFG)')
   ax2.set_ylabel('edit success')
   ax2.set_title('at the best (s_I, s_T)')
