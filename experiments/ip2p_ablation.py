@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import control_editing as ce
+from visgen import builder
 from visgen import config_loader
 from visgen import logging_lib
 from visgen.data import preprocess
@@ -115,6 +116,7 @@ def main(argv=None):
     c.num_grid_samples = 16
     c.eval = {}
     c.ckpt_every = min(c.total_steps, 2000)  # a kill loses little
+    c.keep_every = 4000  # the checkpoints of `curve`
     c.data.num_threads = 0
     d = ce.run(a.workdir, name, c)
     c = config_loader.load_workdir(d)
@@ -149,6 +151,7 @@ def main(argv=None):
                                 ex['edit_mask'])
       row['nfe_sweep'].append(dict(steps=steps, nfe=nfe, edit_success=ok,
                                    preservation_psnr=psnr))
+    row['curve'] = curve(b, c, d, cond, ex, a.n_eval, best)
     results[name] = row
     print(name, what, max(r['edit_success'] for r in row['sampled']),
           flush=True)
@@ -162,6 +165,28 @@ def main(argv=None):
   print(table(results))
   plot(results, os.path.join(a.workdir, 'ip2p_ablation.png'))
   return results
+
+
+def curve(b, c, d, cond, ex, n, at):
+  """Edit success of every checkpoint kept in d (`keep_every`), with the
+  config's sampler at s_I = s_T = 1 and at the best grid point `at`."""
+  ckpt = builder.checkpointer(b, d, every=1, keep_last=1, read_only=True)
+  out = []
+  try:
+    for step in sorted(ckpt.mngr.all_steps()):
+      state, _ = ckpt.restore(b.abstract, step=step)
+      params = builder.first_ema(state)
+      point = dict(step=int(step))
+      for tag, s_i, s_t in (('plain', 1.0, 1.0),
+                            ('best', at['s_I'], at['s_T'])):
+        x, _ = ce.sample(b, params, cond, n, jax.random.key(0),
+                         guidance=s_t, image_guidance=s_i)
+        point[tag] = ce.edit_scores(x, ex['image'], ex['edited_image'],
+                                    ex['edit_mask'])[0]
+      out.append(point)
+  finally:
+    ckpt.close()
+  return out
 
 
 def sample_steps(b, params, cond, n, steps, at):
@@ -203,7 +228,20 @@ def plot(results, path):
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   except ImportError:
     return
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
+  for i, (name, r) in enumerate(results.items()):
+    if r.get('curve'):
+      steps = [x['step'] for x in r['curve']]
+      ax3.plot(steps, [x['best'] for x in r['curve']], 'o-', color=f'C{i}',
+               label=f'{name}, best (s_I, s_T)')
+      ax3.plot(steps, [x['plain'] for x in r['curve']], 'o:', color=f'C{i}',
+               label=f'{name}, s_I = s_T = 1')
+  ax3.axhline(0.6, ls='--', color='grey')
+  ax3.set_xlabel('training step')
+  ax3.set_ylabel('edit success')
+  ax3.set_title('during training (kept checkpoints, EMA)')
+  if ax3.lines[1:]:
+    ax3.legend(fontsize=7)
   for i, (name, r) in enumerate(results.items()):
     if r.get('nfe_sweep'):
       ax2.plot([x['nfe'] for x in r['nfe_sweep']],
@@ -219,7 +257,8 @@ def plot(results, path):
   ax2.set_ylabel('edit success')
   ax2.set_title('at the best (s_I, s_T)')
   ax2.axhline(0.6, ls='--', color='grey')
-  ax2.legend(fontsize=7)
+  if ax2.lines[1:]:
+    ax2.legend(fontsize=7)
   for i, (name, r) in enumerate(results.items()):
     colour = f'C{i}'
     for kind, style in (('text', '-'), ('null', ':')):
