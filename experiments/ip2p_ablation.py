@@ -14,7 +14,8 @@ pairs:
   the model uses its instruction) and the fraction of edit-mask pixels whose
   oracle colour is right (`inside`);
 * sampled edits over the s_I x s_T grid of experiments.control_editing:
-  edit success and preservation PSNR (`control_editing.edit_scores`);
+  edit success (strict and object-level) and preservation PSNR
+  (`control_editing.edit_scores`);
 * edit success against the number of Euler steps (`--nfe_sweep`) at the
   best grid point.
 
@@ -129,17 +130,16 @@ def main(argv=None):
     for s_i, s_t in GRID:
       x, nfe = ce.sample(b, params, cond, a.n_eval, jax.random.key(0),
                          guidance=s_t, image_guidance=s_i)
-      ok, psnr = ce.edit_scores(x, ex['image'], ex['edited_image'],
-                                ex['edit_mask'])
       kinds = np.asarray(ex['edit_type'])
-      by_type = {
-          kind: ce.edit_scores(x[kinds == j], ex['image'][kinds == j],
-                               ex['edited_image'][kinds == j],
-                               ex['edit_mask'][kinds == j])[0]
-          for j, kind in enumerate(shapes_edit.EDIT_TYPES) if (kinds == j).any()}
-      row['sampled'].append(dict(s_I=s_i, s_T=s_t, nfe=nfe,
-                                 edit_success=ok, preservation_psnr=psnr,
-                                 edit_success_by_type=by_type))
+      by_type = {kind: scores(x[kinds == j], ex, kinds == j)
+                 for j, kind in enumerate(shapes_edit.EDIT_TYPES)
+                 if (kinds == j).any()}
+      row['sampled'].append(dict(
+          s_I=s_i, s_T=s_t, nfe=nfe, **scores(x, ex),
+          edit_success_by_type={k: v['edit_success']
+                                for k, v in by_type.items()},
+          edit_success_objects_by_type={
+              k: v['edit_success_objects'] for k, v in by_type.items()}))
     # Euler steps at the best grid point (the edit is a function of source
     # and instruction, so few steps may do).
     best = max(row['sampled'], key=lambda r: (r['edit_success'],
@@ -147,10 +147,7 @@ def main(argv=None):
     row['nfe_sweep'] = []
     for steps in (int(x) for x in a.nfe_sweep.split(',') if x):
       x, nfe = sample_steps(b, params, cond, a.n_eval, steps, best)
-      ok, psnr = ce.edit_scores(x, ex['image'], ex['edited_image'],
-                                ex['edit_mask'])
-      row['nfe_sweep'].append(dict(steps=steps, nfe=nfe, edit_success=ok,
-                                   preservation_psnr=psnr))
+      row['nfe_sweep'].append(dict(steps=steps, nfe=nfe, **scores(x, ex)))
     row['curve'] = curve(b, c, d, cond, ex, a.n_eval, best)
     results[name] = row
     print(name, what, max(r['edit_success'] for r in row['sampled']),
@@ -167,6 +164,16 @@ def main(argv=None):
   return results
 
 
+def scores(x, ex, keep=slice(None)):
+  """edit_success (strict), edit_success_objects and preservation_psnr of
+  outputs x against the pairs ex[keep]."""
+  pair = (ex['image'][keep], ex['edited_image'][keep], ex['edit_mask'][keep])
+  ok, psnr = ce.edit_scores(x, *pair)
+  return dict(edit_success=ok,
+              edit_success_objects=ce.edit_scores(x, *pair, objects=True)[0],
+              preservation_psnr=psnr)
+
+
 def curve(b, c, d, cond, ex, n, at):
   """Edit success of every checkpoint kept in d (`keep_every`), with the
   config's sampler at s_I = s_T = 1 and at the best grid point `at`."""
@@ -181,8 +188,9 @@ def curve(b, c, d, cond, ex, n, at):
                             ('best', at['s_I'], at['s_T'])):
         x, _ = ce.sample(b, params, cond, n, jax.random.key(0),
                          guidance=s_t, image_guidance=s_i)
-        point[tag] = ce.edit_scores(x, ex['image'], ex['edited_image'],
-                                    ex['edit_mask'])[0]
+        sc = scores(x, ex)
+        point[tag] = sc['edit_success']
+        point[tag + '_objects'] = sc['edit_success_objects']
       out.append(point)
   finally:
     ckpt.close()
@@ -202,18 +210,20 @@ def sample_steps(b, params, cond, n, steps, at):
 
 def table(results) -> str:
   lines = ['| variant | what | mse_in t=0.99 (text / null) | inside t=0.3 '
-           '(text / null) | best edit success (s_I, s_T) | preservation '
-           'PSNR there | there by type (recolour / move / resize) |',
-           '|---|---|---|---|---|---|---|']
+           '(text / null) | best edit success (s_I, s_T) | object-level '
+           'there | preservation PSNR there | there by type (recolour / '
+           'move / resize) |', '|---|---|---|---|---|---|---|---|']
   for name, r in results.items():
     hi, lo = r['one_step'], '0.3'
     best = max(r['sampled'], key=lambda x: (x['edit_success'],
                                             x['preservation_psnr']))
+    obj = best.get('edit_success_objects')
     lines.append(
         f"| {name} | {r['what']} | {hi['text']['0.99']['mse_in']:.3f} / "
         f"{hi['null']['0.99']['mse_in']:.3f} | "
         f"{hi['text'][lo]['inside']:.3f} / {hi['null'][lo]['inside']:.3f} | "
         f"{best['edit_success']:.3f} ({best['s_I']}, {best['s_T']}) | "
+        + ('-' if obj is None else f'{obj:.3f}') + ' | '
         f"{best['preservation_psnr']:.1f} dB | "
         + (' / '.join(f"{best['edit_success_by_type'].get(k, float('nan')):.2f}"
                       for k in shapes_edit.EDIT_TYPES)
@@ -236,6 +246,8 @@ def plot(results, path):
                label=f'{name}, best (s_I, s_T)')
       ax3.plot(steps, [x['plain'] for x in r['curve']], 'o:', color=f'C{i}',
                label=f'{name}, s_I = s_T = 1')
+      ax3.plot(steps, [x['best_objects'] for x in r['curve']], 's--',
+               color=f'C{i}', label=f'{name}, best, object-level')
   ax3.axhline(0.6, ls='--', color='grey')
   ax3.set_xlabel('training step')
   ax3.set_ylabel('edit success')
@@ -246,7 +258,10 @@ def plot(results, path):
     if r.get('nfe_sweep'):
       ax2.plot([x['nfe'] for x in r['nfe_sweep']],
                [x['edit_success'] for x in r['nfe_sweep']], 'o-',
-               color=f'C{i}', label=name)
+               color=f'C{i}', label=f'{name}, strict')
+      ax2.plot([x['nfe'] for x in r['nfe_sweep']],
+               [x['edit_success_objects'] for x in r['nfe_sweep']], 's--',
+               color=f'C{i}', label=f'{name}, object-level')
   ax2.set_xscale('log')
   ticks = sorted({x['nfe'] for r in results.values()
                   for x in r.get('nfe_sweep', [])})
