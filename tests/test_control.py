@@ -443,3 +443,46 @@ def test_control_maps_of_each_kind():
   img = image_cond.to_uint8(np.asarray(onehot), 'semantic_mask')
   np.testing.assert_array_equal(img[0, 0, 0], image_cond.MASK_PALETTE[3])
   np.testing.assert_array_equal(img[0, 7, 7], image_cond.MASK_PALETTE[0])
+
+
+def test_edit_scores_strict_and_object_level():
+  """Real edits score 1 and the identity 0 under both criteria; a background
+  shade moved across half a palette step fails only the strict parse;
+  changing another object fails both."""
+  from experiments import control_editing as ce  # pylint: disable=g-import-not-at-top
+  from visgen.data import shapes  # pylint: disable=g-import-not-at-top
+  from visgen.data import shapes_edit  # pylint: disable=g-import-not-at-top
+
+  src = shapes_edit.ShapesEditSource(split='test', resolution=16)
+  ex = [src[i] for i in range(40)]
+  img, tgt, mask, inst = (np.stack([e[k] for e in ex]) for k in (
+      'image', 'edited_image', 'edit_mask', 'instance_mask'))
+  for objects in (False, True):
+    assert ce.edit_scores(tgt, img, tgt, mask, objects=objects)[0] == 1.0
+    assert ce.edit_scores(img, img, tgt, mask, objects=objects)[0] == 0.0
+  # Background pixels outside the edit mask nudged to the midpoint between
+  # two background colours plus a little: the strict parse flips them, the
+  # object-level one still reads background.
+  bg = (inst[..., 0] == 0) & (mask[..., 0] == 0)
+  mid = (shapes.BG_VALUES[2] + shapes.BG_VALUES[3]) / 2 + 8  # gray/light
+  shaded = tgt.copy()
+  shaded[bg] = np.round(mid).astype(np.uint8)
+  flipped = ce.parse_colours(shaded[bg][None])[0]
+  assert np.all(flipped == len(shapes.COLOUR_NAMES) + 3)  # light gray
+  strict, _ = ce.edit_scores(shaded, img, tgt, mask)
+  obj, _ = ce.edit_scores(shaded, img, tgt, mask, objects=True)
+  assert obj == 1.0 and strict < 1.0
+  # Another object recoloured (outside the edit mask): wrong for both.
+  other = (inst[..., 0] > 0) & (mask[..., 0] == 0)
+  big = other.sum((1, 2)) > 0.05 * (mask[..., 0] == 0).sum((1, 2))
+  assert big.sum() >= 5
+  wrong = tgt.copy()
+  for i in np.flatnonzero(big):
+    colour = wrong[i][other[i]][0]
+    new = shapes.COLOUR_VALUES[(np.flatnonzero(
+        (shapes.COLOUR_VALUES == colour).all(-1))[0] + 1) % 6]
+    wrong[i][other[i]] = new
+  for objects in (False, True):
+    ok, _ = ce.edit_scores(wrong[big], img[big], tgt[big], mask[big],
+                           objects=objects)
+    assert ok == 0.0
