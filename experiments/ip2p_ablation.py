@@ -45,15 +45,15 @@ COMMON = 'res=16,batch=16,width=32,sampler=euler,sampler_steps=16'
 # name -> (configs/ip2p_shapes.py arguments, warm start from, what changes)
 VARIANTS = {
     'a': ('steps=2000,patch=1,prediction=x0,skip=False,xattn=False,'
-          't_mean=0', None, 'x0 prediction, patch 1'),
-    'b': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=False,t_mean=0',
-          None, '+ source skip'),
-    'c': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=0',
-          None, '+ cross-attention'),
+          't_mean=0,edit_weight=1', None, 'x0 prediction, patch 1'),
+    'b': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=False,t_mean=0,'
+          'edit_weight=1', None, '+ source skip'),
+    'c': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=0,'
+          'edit_weight=1', None, '+ cross-attention'),
     'd': ('steps=2000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
-          'loss_space=x0', None, '+ time shift, x0-space loss'),
-    'e': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1',
-          None, 'time shift, velocity loss, 6000 steps (the default)'),
+          'loss_space=x0,edit_weight=1', None, '+ time shift, x0-space loss'),
+    'e': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
+          'edit_weight=1', None, 'time shift, velocity loss, 6000 steps'),
     'f': ('steps=4000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
           'edit_weight=5,lr=5e-4', 'e', 'e + 4000 steps, edit weight 5'),
     'g': ('steps=6000,patch=1,prediction=x0,skip=True,xattn=True,t_mean=1,'
