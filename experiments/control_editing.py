@@ -158,6 +158,14 @@ def edit_scores(out, source, target, edit_mask, *,
   return success, float(np.mean(psnr))
 
 
+def edit_metrics(out, source, target, edit_mask) -> dict[str, float]:
+  """edit_success (strict), edit_success_objects and preservation_psnr."""
+  ok, psnr = edit_scores(out, source, target, edit_mask)
+  return dict(edit_success=ok, edit_success_objects=edit_scores(
+      out, source, target, edit_mask, objects=True)[0],
+              preservation_psnr=psnr)
+
+
 def fid(images: np.ndarray, ref: np.ndarray) -> float:
   net = feature_nets.get_feature_net('shapes')
   return float(compare.compare(net, ref_images=ref, sample_images=images)[
@@ -344,22 +352,14 @@ def edit_rows(a, common, key, ref, floor, emit, finish):
       load_config('ip2p_shapes', f'res={a.res}'), n)
   pair = (edit_test['image'], edit_test['edited_image'],
           edit_test['edit_mask'])
-
-  def scores(x):
-    ok, psnr = edit_scores(x, *pair)
-    return dict(edit_success=ok,
-                edit_success_objects=edit_scores(x, *pair, objects=True)[0],
-                preservation_psnr=psnr)
-
+  scores = lambda x: edit_metrics(x, *pair)
   for name, x in (('identity', edit_test['image']),
                   ('real', edit_test['edited_image'])):
     for k, v in scores(x).items():
       floor[f'{k}_{name}'] = v
-  c = load_config('ip2p_shapes', ','.join(x for x in (common, a.ip2p) if x))
-  c.num_grid_samples = 16
-  c.eval = {}
+  c = finish(load_config('ip2p_shapes', ','.join(
+      x for x in (common, a.ip2p) if x)))
   c.ckpt_every = min(c.total_steps, 2000)
-  c.data.num_threads = 0
   d = run(a.workdir, 'ip2p', c)
   with open(os.path.join(d, 'metrics.json')) as f:
     floor['ip2p_train_s'] = round(json.load(f)['train_wall_time_s'], 1)
@@ -417,8 +417,8 @@ def _fmt(v):
 
 def table(rows, floor) -> str:
   keys = ('task', 'method', 'nfe', 'fid', 'adherence', 'edit_success',
-          'edit_success_objects', 'preservation_psnr', 'control_scale', 'controls', 'mask_miou',
-          's_I', 's_T')
+          'edit_success_objects', 'preservation_psnr', 'control_scale',
+          'controls', 'mask_miou', 's_I', 's_T')
   lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
   for r in rows:
     lines.append('| ' + ' | '.join(_fmt(r.get(k)) for k in keys) + ' |')

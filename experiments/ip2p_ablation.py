@@ -165,13 +165,9 @@ def main(argv=None):
 
 
 def scores(x, ex, keep=slice(None)):
-  """edit_success (strict), edit_success_objects and preservation_psnr of
-  outputs x against the pairs ex[keep]."""
-  pair = (ex['image'][keep], ex['edited_image'][keep], ex['edit_mask'][keep])
-  ok, psnr = ce.edit_scores(x, *pair)
-  return dict(edit_success=ok,
-              edit_success_objects=ce.edit_scores(x, *pair, objects=True)[0],
-              preservation_psnr=psnr)
+  """`control_editing.edit_metrics` of outputs x on the pairs ex[keep]."""
+  return ce.edit_metrics(x, ex['image'][keep], ex['edited_image'][keep],
+                         ex['edit_mask'][keep])
 
 
 def curve(b, c, d, cond, ex, n, at):
