@@ -136,6 +136,16 @@ def object_classes(images: np.ndarray) -> np.ndarray:
   return np.minimum(parse_colours(images), len(shapes_lib.COLOUR_NAMES))
 
 
+def _agreement(out, target, edit_mask, parse):
+  """Per pair: the fractions of edit-mask pixels and of the other pixels
+  whose parse agrees with the target's."""
+  m = edit_mask[..., 0] > 0
+  agree = parse(out) == parse(target)
+  inside = (agree & m).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1)
+  outside = (agree & ~m).sum((1, 2)) / np.maximum((~m).sum((1, 2)), 1)
+  return inside >= 0.9, outside >= 0.95
+
+
 def edit_scores(out, source, target, edit_mask, *,
                 objects: bool = False) -> tuple[float, float]:
   """(edit success rate, preservation PSNR outside the edit mask).
@@ -145,13 +155,10 @@ def edit_scores(out, source, target, edit_mask, *,
   within half a palette step); True: to the same object colour or both to
   background (`object_classes`: what is where, not the background's shade,
   which the PSNR measures)."""
+  ok_in, ok_out = _agreement(out, target, edit_mask,
+                             object_classes if objects else parse_colours)
+  success = float(np.mean(ok_in & ok_out))
   m = edit_mask[..., 0] > 0
-  parse = object_classes if objects else parse_colours
-  po, pt = parse(out), parse(target)
-  agree = po == pt
-  inside = (agree & m).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1)
-  outside = (agree & ~m).sum((1, 2)) / np.maximum((~m).sum((1, 2)), 1)
-  success = float(np.mean((inside >= 0.9) & (outside >= 0.95)))
   diff = (out.astype(np.float32) - source.astype(np.float32)) ** 2
   mse = (diff.mean(-1) * ~m).sum((1, 2)) / np.maximum((~m).sum((1, 2)), 1)
   psnr = 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
@@ -159,11 +166,34 @@ def edit_scores(out, source, target, edit_mask, *,
 
 
 def edit_metrics(out, source, target, edit_mask) -> dict[str, float]:
-  """edit_success (strict), edit_success_objects and preservation_psnr."""
+  """edit_success (strict), edit_success_objects and preservation_psnr;
+  inside_ok / outside_ok (and their _objects twins): the rates at which the
+  two halves of each criterion pass on their own (>= 90% of the edit mask,
+  >= 95% of the rest)."""
   ok, psnr = edit_scores(out, source, target, edit_mask)
-  return dict(edit_success=ok, edit_success_objects=edit_scores(
+  r = dict(edit_success=ok, edit_success_objects=edit_scores(
       out, source, target, edit_mask, objects=True)[0],
-              preservation_psnr=psnr)
+           preservation_psnr=psnr)
+  for suffix, parse in (('', parse_colours), ('_objects', object_classes)):
+    ok_in, ok_out = _agreement(out, target, edit_mask, parse)
+    r['inside_ok' + suffix] = float(ok_in.mean())
+    r['outside_ok' + suffix] = float(ok_out.mean())
+  return r
+
+
+def criterion_check(source, target, edit_mask,
+                    sigmas=(1, 2, 3, 4, 6, 8), seed=0) -> list[dict]:
+  """How each criterion scores the true targets plus i.i.d. Gaussian noise
+  of `sigma` grey levels (rounded to uint8): a criterion that measures the
+  edit should stay at 1 for noise far below what the eye sees."""
+  rng = np.random.default_rng(seed)
+  t = target.astype(np.float32)
+  rows = []
+  for s in sigmas:
+    x = np.clip(np.round(t + s * rng.standard_normal(t.shape)), 0, 255)
+    rows.append(dict(sigma=float(s), **edit_metrics(
+        x.astype(np.uint8), source, target, edit_mask)))
+  return rows
 
 
 def fid(images: np.ndarray, ref: np.ndarray) -> float:

@@ -17,7 +17,10 @@ pairs:
   edit success (strict and object-level) and preservation PSNR
   (`control_editing.edit_scores`);
 * edit success against the number of Euler steps (`--nfe_sweep`) at the
-  best grid point.
+  best grid point;
+* `criterion_check`: both criteria on the true targets plus i.i.d. noise
+  of a few grey levels (`control_editing.criterion_check`), and each
+  criterion's inside / outside halves.
 
 Writes DIR/results.json (variants scored by earlier invocations are kept),
 a Markdown table and DIR/ip2p_ablation.png (x0 error inside the edit mask
@@ -158,8 +161,12 @@ def main(argv=None):
     with open(path) as f:
       results = {**json.load(f)['variants'], **results}
     results = {k: results[k] for k in VARIANTS if k in results}
-  logging_lib.write_json(path, dict(variants=results, settings=vars(a)))
+  # What each criterion makes of the true targets plus invisible noise.
+  crit = ce.criterion_check(ex['image'], ex['edited_image'], ex['edit_mask'])
+  logging_lib.write_json(path, dict(variants=results, settings=vars(a),
+                                    criterion_check=crit))
   print(table(results))
+  print(halves_table(results, crit))
   plot(results, os.path.join(a.workdir, 'ip2p_ablation.png'))
   return results
 
@@ -224,6 +231,26 @@ def table(results) -> str:
         + (' / '.join(f"{best['edit_success_by_type'].get(k, float('nan')):.2f}"
                       for k in shapes_edit.EDIT_TYPES)
            if 'edit_success_by_type' in best else '-') + ' |')
+  return '\n'.join(lines)
+
+
+def halves_table(results, crit) -> str:
+  """The two halves of each criterion (inside / outside the edit mask) at
+  each variant's best grid point, then the true targets plus noise."""
+  lines = ['| edits | preservation PSNR | strict: success (inside ok / '
+           'outside ok) | object-level: success (inside ok / outside ok) |',
+           '|---|---|---|---|']
+  fmt = lambda r, s: (f"{r['edit_success' + s]:.3f} ({r['inside_ok' + s]:.3f}"
+                      f" / {r['outside_ok' + s]:.3f})")
+  rows = [(f'variant {name}, best (s_I, s_T)', max(
+      r['sampled'], key=lambda x: (x['edit_success'],
+                                   x['preservation_psnr'])))
+          for name, r in results.items()]
+  rows += [(f"true target + noise sigma {c['sigma']:g}", c) for c in crit]
+  for what, r in rows:
+    if 'inside_ok' in r:
+      lines.append(f"| {what} | {r['preservation_psnr']:.1f} dB | "
+                   f"{fmt(r, '')} | {fmt(r, '_objects')} |")
   return '\n'.join(lines)
 
 

@@ -18,7 +18,9 @@ if not os.environ.get('VISGEN_TEST_FULL_OPT'):
 def full_opt():
   """XLA's full optimisations for one test: for checks whose tolerance is
   set by the optimised numerics (e.g. remat against no remat, where the
-  unoptimised recompute rounds differently at the 1e-6 level)."""
+  unoptimised recompute rounds differently at the 1e-6 level), and for
+  compute-bound tests (long training scans), which run about 2x faster
+  fully optimised than the fast-compile default saves in compiling."""
   before = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', False)
   yield

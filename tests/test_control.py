@@ -486,3 +486,29 @@ def test_edit_scores_strict_and_object_level():
     ok, _ = ce.edit_scores(wrong[big], img[big], tgt[big], mask[big],
                            objects=objects)
     assert ok == 0.0
+
+
+def test_criterion_check_and_halves():
+  """On the true targets plus a few grey levels of noise the object-level
+  criterion stays at 1 and the strict one drops (gradient backgrounds);
+  each success rate is at most both of its halves' pass rates."""
+  from experiments import control_editing as ce  # pylint: disable=g-import-not-at-top
+  from visgen.data import shapes_edit  # pylint: disable=g-import-not-at-top
+
+  src = shapes_edit.ShapesEditSource(split='test', resolution=16)
+  ex = [src[i] for i in range(64)]
+  img, tgt, mask = (np.stack([e[k] for e in ex]) for k in (
+      'image', 'edited_image', 'edit_mask'))
+  rows = ce.criterion_check(img, tgt, mask, sigmas=(0, 8))
+  assert rows[0]['edit_success'] == rows[0]['edit_success_objects'] == 1.0
+  assert rows[0]['preservation_psnr'] > 100
+  noisy = rows[1]
+  assert noisy['edit_success_objects'] == 1.0
+  assert noisy['edit_success'] < 0.9
+  assert 28 < noisy['preservation_psnr'] < 32  # sigma 8: 30.0 dB
+  for s in ('', '_objects'):
+    assert noisy['edit_success' + s] <= min(noisy['inside_ok' + s],
+                                           noisy['outside_ok' + s])
+  ident = ce.edit_metrics(img, img, tgt, mask)
+  assert ident['edit_success'] == 0.0 and ident['inside_ok'] == 0.0
+  assert ident['outside_ok'] == 1.0

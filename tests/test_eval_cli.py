@@ -33,6 +33,7 @@ def _tmp_cache(tmp_path_factory):
     os.environ['VISGEN_CACHE'] = old
 
 
+@pytest.mark.usefixtures('full_opt')  # training: faster fully optimised
 def test_digits_net_accuracy_and_class_accuracy():
   net = feature_nets.get_feature_net('digits')
   acc = net.meta['test_accuracy']

@@ -20,6 +20,10 @@ from visgen.models import make_apply
 from visgen.models import split_model
 from visgen.objectives import unified_loss
 
+# Compute-bound (long scans and sampling loops): XLA's full optimisations
+# run these faster than the suite's fast-compile default (conftest.py).
+pytestmark = pytest.mark.usefixtures('full_opt')
+
 N = 8000
 SW_THRESHOLD = 0.25
 
