@@ -261,7 +261,7 @@ def run(config, *, sample: bool = True) -> dict:
       model=dict(config.model), devices=str(jax.devices()),
       jax=jax.__version__, hugepages=hugepages_enabled(),
       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
-      loadavg=os.getloadavg())
+      loadavg=os.getloadavg(), **machine())
   out['peak'] = matmul_peak(n=knobs['peak_n'], repeats=knobs['peak_repeats'])
   mesh = sharding.make_mesh(config.sharding.mesh)
   out['train'], b, state = bench_train(config, mesh)
@@ -446,6 +446,18 @@ class PeerProcess:
     return out
 
 
+def machine() -> dict[str, str]:
+  """The CPU model and the XLA_FLAGS in force: timings differ by both."""
+  cpu = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next((l.split(':', 1)[1].strip() for l in f
+                  if l.startswith('model name')), '')
+  except OSError:
+    pass
+  return dict(cpu=cpu, xla_flags=os.environ.get('XLA_FLAGS', ''))
+
+
 def _uptime() -> str:
   import subprocess  # pylint: disable=g-import-not-at-top
   try:
@@ -478,7 +490,7 @@ def run_with_peer(config, *, python: str, compile_: bool = False,
   out: dict[str, Any] = dict(
       model=dict(config.model), precision='bf16' if 'bfloat16' in dtype
       else 'fp32', devices=str(jax.devices()), jax=jax.__version__,
-      hugepages=hugepages_enabled(), loadavg=os.getloadavg(),
+      hugepages=hugepages_enabled(), loadavg=os.getloadavg(), **machine(),
       uptime_start=_uptime(), protocol=(
           f'{rounds} alternating rounds of {knobs["steps"]} steps after '
           f'{knobs["warmup_steps"]} warm-up steps each; medians'))
