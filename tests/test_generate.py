@@ -32,12 +32,13 @@ def _train(workdir, config):
 
 
 @pytest.fixture(scope='module')
-def workdirs(tmp_path_factory):
-  t2i = str(tmp_path_factory.mktemp('t2i'))
-  qs = str(tmp_path_factory.mktemp('qs'))
-  _train(t2i, 'configs/t2i_shapes.py')
-  _train(qs, 'configs/quickstart.py')
-  return dict(t2i=t2i, qs=qs)
+def workdirs(build_once):
+  # Trained once per run, shared by the xdist workers (read-only here).
+  return dict(
+      t2i=build_once('generate-t2i',
+                     lambda d: _train(d, 'configs/t2i_shapes.py')),
+      qs=build_once('generate-qs',
+                    lambda d: _train(d, 'configs/quickstart.py')))
 
 
 def _gen(capsys, argv):

@@ -33,7 +33,6 @@ def test_unet_zero_init_shapes_and_null_class():
   assert n_attn == 1 + 2 + 1
 
 
-@pytest.mark.usefixtures('full_opt')
 def test_unet_dropout_remat_and_apply():
   m = models.get_model('unet', rngs=nnx.Rngs(0), dropout=0.5, **TINY)
   graphdef, params = models.split_model(m)
@@ -51,12 +50,23 @@ def test_unet_dropout_remat_and_apply():
 
   grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
   l_a, g_a = grad(params, apply, True, key)
-  l_b, _ = grad(params, apply, True, jax.random.key(4))
+  l_b, g_b = grad(params, apply, True, jax.random.key(4))
   l_r, g_r = grad(params, apply_r, True, key)
   assert l_a != l_b  # dropout is active and keyed
   np.testing.assert_allclose(l_a, l_r, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(g_a), jax.tree.leaves(g_r)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Remat recomputes the forward in another fusion order, so gradients
+  # agree to fp32 rounding of the whole network's sums: atol is 1e-5 of
+  # the largest gradient (measured differences 2e-7 to 1.2e-5 of 3.15,
+  # depending on XLA's emitters and optimisation level). A recompute that
+  # drew other dropout masks differs by O(1) of that scale (checked).
+  atol = 1e-5 * max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_a))
+
+  def close(ga, gb):
+    return all(np.allclose(a, b, rtol=1e-4, atol=atol)
+               for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)))
+
+  assert close(g_a, g_r)
+  assert not close(g_a, g_b)
   with pytest.raises(ValueError, match='dropout key'):
     m(x, t, cond, train=True)
 

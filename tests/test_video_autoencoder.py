@@ -195,15 +195,18 @@ def test_flicker_closed_forms():
     video_ae.flicker(x[:2], x[:3])
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp('vae'))
+def _train(wd):
   flags.FLAGS.mark_as_parsed()  # absl logging without app.run.
   status = main_lib.cli(['visgen.main',
                          f'--config={ROOT}/configs/video_autoencoder.py:'
                          'runlocal', f'--workdir={wd}'])
   assert status == 0
-  return wd
+
+
+@pytest.fixture(scope='module')
+def workdir(build_once):
+  # Trained once per run, shared by the xdist workers (read-only here).
+  return build_once('video-autoencoder', _train)
 
 
 def test_runlocal_trains_through_main_and_evaluates(workdir):

@@ -42,15 +42,18 @@ def _config(arg='runlocal'):
   return module.get_config(arg)
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp('world'))
+def _train(wd):
   flags.FLAGS.mark_as_parsed()  # absl logging without app.run.
   status = main_lib.cli(['visgen.main',
                          f'--config={ROOT}/configs/world_shapes.py:runlocal',
                          f'--workdir={wd}'])
   assert status == 0
-  return wd
+
+
+@pytest.fixture(scope='module')
+def workdir(build_once):
+  # Trained once per run, shared by the xdist workers (read-only here).
+  return build_once('world', _train)
 
 
 @pytest.fixture(scope='module')
