@@ -93,11 +93,22 @@ class GroupNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    g = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
-    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
-    g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-    return g.reshape(b, h, w, c) * self.scale[...] + self.bias[...]
+    per = c // self.groups  # channels per group
+
+    def group_mean(sums_bc):
+      # Per-channel sums over (H, W) -> the group's mean, per channel.
+      m = sums_bc.reshape(b, self.groups, per).sum(-1) / (h * w * per)
+      return jnp.repeat(m, per, axis=-1)[:, None, None, :]
+
+    # Two-pass statistics whose large reductions run over (H, W) only, the
+    # channels staying the minor axis: XLA:CPU reduces a (B, H, W, G, C/G)
+    # view over (1, 2, 4) 3-7x slower (16x16x32, batch 256: GroupNorm +
+    # SiLU forward and backward 49 -> 7 ms), and a U-Net has ~20 of them.
+    xf = x.astype(jnp.float32)
+    d = xf - group_mean(jnp.sum(xf, axis=(1, 2)))
+    var = group_mean(jnp.sum(jnp.square(d), axis=(1, 2)))
+    return d * jax.lax.rsqrt(var + self.eps) * self.scale[...] + (
+        self.bias[...])
 
 
 def dropout(x, rate: float, *, train: bool, rngs: nnx.Rngs | None):
