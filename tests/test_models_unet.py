@@ -144,3 +144,14 @@ def test_unet_position_embedding_is_dits_sincos_after_conv_in():
 
   plain.conv_in = Shifted(conv_in)
   np.testing.assert_allclose(got, plain(x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_upsample_is_nearest_resize_bit_for_bit():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  w = jax.random.normal(jax.random.key(1), (2, 6, 10, 4))
+  ref = lambda h: jax.image.resize(h, (2, 6, 10, 4), 'nearest')
+  np.testing.assert_array_equal(models.unet.upsample_nearest2x(x), ref(x))
+  grad = lambda f: jax.grad(lambda h: jnp.sum(f(h) * w))(x)
+  # The 2x2 sums of the gradient, added in another order: fp32 rounding.
+  np.testing.assert_allclose(grad(models.unet.upsample_nearest2x), grad(ref),
+                             rtol=1e-6, atol=1e-6)
