@@ -155,3 +155,21 @@ def test_upsample_is_nearest_resize_bit_for_bit():
   # The 2x2 sums of the gradient, added in another order: fp32 rounding.
   np.testing.assert_allclose(grad(models.unet.upsample_nearest2x), grad(ref),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_group_norm_is_float64_group_statistics():
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (3, 5, 7, 12))
+  gn = models.unet.GroupNorm(12, rngs=nnx.Rngs(0), groups=4)
+  gn.scale[...] = 1.0 + jnp.arange(12) / 10
+  gn.bias[...] = jnp.arange(12) / 20 - 0.3
+  xd = np.asarray(x, np.float64).reshape(3, 5, 7, 4, 3)
+  mean = xd.mean(axis=(1, 2, 4), keepdims=True)
+  var = xd.var(axis=(1, 2, 4), keepdims=True)
+  ref = ((xd - mean) / np.sqrt(var + 1e-5)).reshape(3, 5, 7, 12)
+  ref = ref * np.asarray(gn.scale[...]) + np.asarray(gn.bias[...])
+  np.testing.assert_allclose(gn(x), ref, rtol=1e-5, atol=1e-5)
+  # Channels of one group share statistics: not a per-channel norm.
+  per_channel = (x - x.mean((1, 2), keepdims=True)) / jnp.sqrt(
+      x.var((1, 2), keepdims=True) + 1e-5)
+  assert not np.allclose(gn(x), per_channel * gn.scale[...] + gn.bias[...],
+                         atol=1e-2)

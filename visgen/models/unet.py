@@ -103,7 +103,7 @@ class GroupNorm(nnx.Module):
     # Two-pass statistics whose large reductions run over (H, W) only, the
     # channels staying the minor axis: XLA:CPU reduces a (B, H, W, G, C/G)
     # view over (1, 2, 4) 3-7x slower (16x16x32, batch 256: GroupNorm +
-    # SiLU forward and backward 49 -> 7 ms), and a U-Net has ~20 of them.
+    # SiLU forward and backward 49 -> 8 ms), and a U-Net has ~20 of them.
     xf = x.astype(jnp.float32)
     d = xf - group_mean(jnp.sum(xf, axis=(1, 2)))
     var = group_mean(jnp.sum(jnp.square(d), axis=(1, 2)))
